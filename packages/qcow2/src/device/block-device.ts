@@ -1,0 +1,59 @@
+/**
+ * BlockDevice: what every generic operation (map, compare, convert, commit…) talks to. Read, size, and the
+ * extents question ("what is at this guest range?"), over raw files, qcow2 images and chains of them.
+ */
+export type ExtentKind = 'data' | 'zero' | 'unallocated';
+
+export interface Extent {
+  offset: number;
+  length: number;
+  /**
+   * data: guest data is stored here; zero: reads as zeros and is recorded as such; unallocated: nothing in any
+   * layer (reads as zeros).
+   */
+  kind: ExtentKind;
+  /** The chain layer that answered: 0 = this device, 1 = its backing file, … */
+  depth: number;
+  /** Host offset of the extent's first byte in the file that holds it, when known (not for compressed data). */
+  hostOffset?: number;
+  /** Data stored in compressed clusters. */
+  compressed?: boolean;
+  /** Data that the host file is known to hold as a hole, so it also reads as zeros. */
+  zeroData?: boolean;
+}
+
+export type ImageFormat = 'raw' | 'qcow2';
+
+export interface BlockDevice {
+  /** The file name as given by the user (or as stored in the overlay for backing files). */
+  readonly filename: string;
+  readonly format: ImageFormat;
+  /** Virtual size in bytes. */
+  readonly size: number;
+  /** The next layer down, when this device has one. */
+  readonly backing: BlockDevice | undefined;
+  /** Fills `buffer` with the guest bytes at `offset`; the range must lie inside the device. */
+  read(buffer: Uint8Array, offset: number): Promise<void>;
+  /** The extents covering [offset, offset+length), in order, adjacent ones with equal properties merged. */
+  extents(offset: number, length: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}
+
+/** Appends `extent`, merging it into the previous one when contiguous and alike (host ranges contiguous too). */
+export function pushExtent(out: Extent[], extent: Extent): void {
+  const last = out[out.length - 1];
+  if (
+    last !== undefined &&
+    last.offset + last.length === extent.offset &&
+    last.kind === extent.kind &&
+    last.depth === extent.depth &&
+    (last.compressed ?? false) === (extent.compressed ?? false) &&
+    (last.zeroData ?? false) === (extent.zeroData ?? false) &&
+    ((last.hostOffset === undefined && extent.hostOffset === undefined) ||
+      (last.hostOffset !== undefined && extent.hostOffset !== undefined && last.hostOffset + last.length === extent.hostOffset))
+  ) {
+    last.length += extent.length;
+    return;
+  }
+  out.push({ ...extent });
+}

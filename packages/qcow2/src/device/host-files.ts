@@ -1,0 +1,28 @@
+import type { Storage } from '../io/storage.js';
+
+/**
+ * How the engine reaches files other than the one it was handed: backing files and external data files. The
+ * host passes this in (Node: the file system; a browser: whatever it has), so the engine never imports one.
+ */
+export interface HostFiles {
+  open(name: string, options: { writable: boolean }): Promise<Storage>;
+  /** A canonical identity for `name` (Node: its real path), used to detect backing loops through other names. */
+  canonical?(name: string): Promise<string>;
+}
+
+/** A reference an image makes to another file, offered to the open policy before anything is opened. */
+export interface FileReference {
+  kind: 'backing' | 'data-file';
+  /** The name as stored in the image. */
+  name: string;
+  /** The name after resolution against the image's directory. */
+  resolved: string;
+  /** The image that holds the reference. */
+  from: string;
+}
+
+/**
+ * Decides whether a reference may be followed: return to allow, throw to refuse. Like imago's gates, this is the
+ * one place a safe mode lives, instead of checks sprinkled through the engine.
+ */
+export type ReferenceGate = (reference: FileReference) => void | Promise<void>;

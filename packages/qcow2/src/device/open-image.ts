@@ -1,0 +1,122 @@
+import { Qcow2Error } from '../errors.js';
+import { QCOW2_MAGIC } from '../format/constants.js';
+import type { CompressionCodecs } from '../engine/compression.js';
+import { Qcow2Image } from '../engine/qcow2-image.js';
+import type { Storage } from '../io/storage.js';
+import type { BlockDevice, ImageFormat } from './block-device.js';
+import type { HostFiles, ReferenceGate } from './host-files.js';
+import { DEFAULT_MAX_CHAIN_DEPTH, trustingGate } from './open-policy.js';
+import { combinePath } from './paths.js';
+import { Qcow2Device } from './qcow2-device.js';
+import { RawDevice } from './raw-device.js';
+
+export interface OpenImageOptions {
+  hostFiles: HostFiles;
+  /** The image's format; probed from its first bytes when absent (as qemu-img does for the top image). */
+  format?: ImageFormat;
+  /** Follow (or refuse) backing and data file references; default: follow, like qemu-img. */
+  gate?: ReferenceGate;
+  /** Open the backing chain (default true); false reads unallocated ranges as zeros, like qemu-img -u. */
+  openBacking?: boolean;
+  maxChainDepth?: number;
+  codecs?: CompressionCodecs;
+  l2CacheBytes?: number;
+}
+
+/** Probes a format from the first bytes: qcow2 by its magic, anything else raw. */
+export async function probeFormat(storage: Storage): Promise<ImageFormat> {
+  const magic = new Uint8Array(4);
+  const n = await storage.read(magic, 0);
+  if (n === 4 && new DataView(magic.buffer).getUint32(0) === QCOW2_MAGIC) return 'qcow2';
+  return 'raw';
+}
+
+function parseFormat(name: string | undefined, from: string): ImageFormat | undefined {
+  if (name === undefined) return undefined;
+  if (name === 'raw' || name === 'qcow2') return name;
+  throw new Qcow2Error('UNKNOWN_FORMAT', `unsupported backing format '${name}'`, { file: from });
+}
+
+/**
+ * Opens `filename` and, unless told not to, its backing chain: the backing format comes from the header
+ * extension (probed only when absent, as qemu does), relative names resolve against the naming image's
+ * directory, every reference passes the gate first, and loops or over-deep chains are refused.
+ */
+export async function openImage(filename: string, options: OpenImageOptions): Promise<BlockDevice> {
+  return openLayer(filename, options.format, options, [], 0);
+}
+
+async function openLayer(
+  filename: string,
+  format: ImageFormat | undefined,
+  options: OpenImageOptions,
+  seen: string[],
+  depth: number,
+): Promise<BlockDevice> {
+  const maxDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
+  if (depth > maxDepth) {
+    throw new Qcow2Error('CHAIN_TOO_DEEP', `backing chain deeper than ${maxDepth} images`, { file: filename });
+  }
+  const identity = (await options.hostFiles.canonical?.(filename)) ?? filename;
+  if (seen.includes(identity)) {
+    throw new Qcow2Error('BACKING_LOOP', `backing chain loops back to '${filename}'`, { file: filename });
+  }
+  const storage = await options.hostFiles.open(filename, { writable: false });
+  try {
+    const actualFormat = format ?? (await probeFormat(storage));
+    if (actualFormat === 'raw') return await RawDevice.open(storage, filename);
+    const gate = options.gate ?? trustingGate;
+    const image = await Qcow2Image.open(storage, {
+      ...(options.codecs === undefined ? {} : { codecs: options.codecs }),
+      ...(options.l2CacheBytes === undefined ? {} : { l2CacheBytes: options.l2CacheBytes }),
+      openDataFile: async (name) => {
+        if (name === undefined) throw new Qcow2Error('DATA_FILE_NOT_FOUND', 'image needs an external data file but names none', { file: filename });
+        const resolved = combinePath(filename, name);
+        await gate({ kind: 'data-file', name, resolved, from: filename });
+        return openReferenced(options.hostFiles, resolved, 'DATA_FILE_NOT_FOUND', 'data file', filename);
+      },
+    });
+    let backing: BlockDevice | undefined;
+    try {
+      const backingName = image.backingFile;
+      if (backingName !== undefined && backingName !== '' && (options.openBacking ?? true)) {
+        const resolved = combinePath(filename, backingName);
+        await gate({ kind: 'backing', name: backingName, resolved, from: filename });
+        backing = await openBackingLayer(resolved, parseFormat(image.backingFormat, filename), options, [...seen, identity], depth + 1, filename);
+      }
+    } catch (error) {
+      await image.close();
+      throw error;
+    }
+    return new Qcow2Device(filename, image, backing);
+  } catch (error) {
+    await storage.close().catch(() => {});
+    throw error instanceof Qcow2Error ? error.withFile(filename) : error;
+  }
+}
+
+async function openBackingLayer(
+  resolved: string,
+  format: ImageFormat | undefined,
+  options: OpenImageOptions,
+  seen: string[],
+  depth: number,
+  from: string,
+): Promise<BlockDevice> {
+  try {
+    return await openLayer(resolved, format, options, seen, depth);
+  } catch (error) {
+    if (error instanceof Qcow2Error && error.code === 'IO_ERROR' && error.file === resolved) {
+      throw new Qcow2Error('BACKING_NOT_FOUND', `could not open backing file '${resolved}': ${error.message}`, { file: from, cause: error });
+    }
+    throw error;
+  }
+}
+
+async function openReferenced(hostFiles: HostFiles, resolved: string, code: 'DATA_FILE_NOT_FOUND', what: string, from: string): Promise<Storage> {
+  try {
+    return await hostFiles.open(resolved, { writable: false });
+  } catch (error) {
+    throw new Qcow2Error(code, `could not open ${what} '${resolved}': ${(error as Error).message}`, { file: from, cause: error });
+  }
+}

@@ -1,0 +1,87 @@
+import type { SnapshotEntry } from '../format/snapshot-table.js';
+import type { L1Table } from '../engine/mapping.js';
+import type { Qcow2Image } from '../engine/qcow2-image.js';
+import { SegmentKind } from '../engine/segments.js';
+import { pushExtent, type BlockDevice, type Extent } from './block-device.js';
+import { checkRange } from './range.js';
+
+/**
+ * A qcow2 image as a block device: its active state, or the read-only state of one internal snapshot, over an
+ * optional backing device. Unallocated ranges read from the backing device, and as zeros past its end.
+ */
+export class Qcow2Device implements BlockDevice {
+  readonly format = 'qcow2';
+
+  constructor(
+    readonly filename: string,
+    readonly image: Qcow2Image,
+    readonly backing: BlockDevice | undefined,
+    private readonly l1: L1Table = image.activeL1,
+    readonly size: number = image.virtualSize,
+    /** The snapshot this device shows, when it is a snapshot view. */
+    readonly snapshot: SnapshotEntry | undefined = undefined,
+  ) {}
+
+  /** A read-only view of the disk as it was when `snapshot` was taken, over the same backing device. */
+  async snapshotView(snapshot: SnapshotEntry): Promise<Qcow2Device> {
+    const l1 = await this.image.snapshotL1(snapshot);
+    return new Qcow2Device(this.filename, this.image, this.backing, l1, snapshot.diskSize ?? this.image.virtualSize, snapshot);
+  }
+
+  async read(buffer: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buffer.length);
+    if (buffer.length === 0) return;
+    for (const seg of await this.image.segments(offset, buffer.length, this.l1)) {
+      const dest = buffer.subarray(seg.guestOffset - offset, seg.guestOffset - offset + seg.length);
+      if (seg.kind === SegmentKind.Unallocated) await this.readBacking(dest, seg.guestOffset);
+      else await this.image.readSegment(seg, dest);
+    }
+  }
+
+  private async readBacking(dest: Uint8Array, offset: number): Promise<void> {
+    const backing = this.backing;
+    const inBacking = backing === undefined ? 0 : Math.max(0, Math.min(dest.length, backing.size - offset));
+    if (inBacking > 0) await backing!.read(dest.subarray(0, inBacking), offset);
+    if (inBacking < dest.length) dest.fill(0, inBacking);
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    checkRange(this, offset, length);
+    const out: Extent[] = [];
+    if (length === 0) return out;
+    for (const seg of await this.image.segments(offset, length, this.l1)) {
+      const base = { offset: seg.guestOffset, length: seg.length, depth: 0 };
+      switch (seg.kind) {
+        case SegmentKind.Data:
+          pushExtent(out, { ...base, kind: 'data', hostOffset: seg.hostOffset });
+          break;
+        case SegmentKind.Compressed:
+          pushExtent(out, { ...base, kind: 'data', compressed: true });
+          break;
+        case SegmentKind.Zero:
+          pushExtent(out, seg.hostOffset >= 0 ? { ...base, kind: 'zero', hostOffset: seg.hostOffset } : { ...base, kind: 'zero' });
+          break;
+        case SegmentKind.Unallocated:
+          await this.backingExtents(out, seg.guestOffset, seg.length);
+          break;
+      }
+    }
+    return out;
+  }
+
+  private async backingExtents(out: Extent[], offset: number, length: number): Promise<void> {
+    const backing = this.backing;
+    const inBacking = backing === undefined ? 0 : Math.max(0, Math.min(length, backing.size - offset));
+    if (inBacking > 0) {
+      for (const extent of await backing!.extents(offset, inBacking)) pushExtent(out, { ...extent, depth: extent.depth + 1 });
+    }
+    // Past the backing file's end (or with none), this layer answers: nothing allocated.
+    if (inBacking < length) pushExtent(out, { offset: offset + inBacking, length: length - inBacking, kind: 'unallocated', depth: 0 });
+  }
+
+  /** Closes the image and the chain below it; a snapshot view shares them, so close either, once. */
+  async close(): Promise<void> {
+    await this.image.close();
+    await this.backing?.close();
+  }
+}

@@ -1,0 +1,43 @@
+import { readZeroPadded, type Storage } from '../io/storage.js';
+import { pushExtent, type BlockDevice, type Extent } from './block-device.js';
+import { checkRange } from './range.js';
+
+/** A raw disk image: guest offset = file offset. */
+export class RawDevice implements BlockDevice {
+  readonly format = 'raw';
+  readonly backing = undefined;
+
+  private constructor(
+    readonly filename: string,
+    readonly storage: Storage,
+    readonly size: number,
+  ) {}
+
+  static async open(storage: Storage, filename = storage.name): Promise<RawDevice> {
+    return new RawDevice(filename, storage, await storage.size());
+  }
+
+  async read(buffer: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buffer.length);
+    await readZeroPadded(this.storage, buffer, offset);
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    checkRange(this, offset, length);
+    const out: Extent[] = [];
+    if (length === 0) return out;
+    if (this.storage.dataRegions === undefined) {
+      pushExtent(out, { offset, length, kind: 'data', depth: 0, hostOffset: offset });
+      return out;
+    }
+    for (const region of await this.storage.dataRegions(offset, length)) {
+      pushExtent(out, { offset: region.offset, length: region.length, kind: region.hole ? 'zero' : 'data', depth: 0, hostOffset: region.offset });
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await this.storage.close();
+  }
+}
+

@@ -1,0 +1,56 @@
+/**
+ * Every failure the engine reports is a Qcow2Error with a stable `code`, so callers (the CLI, OpenStack-like
+ * services) can switch on it instead of parsing messages. `file` names the image the problem is in.
+ */
+export type Qcow2ErrorCode =
+  | 'BAD_MAGIC'
+  | 'UNSUPPORTED_VERSION'
+  | 'BAD_HEADER'
+  | 'UNSUPPORTED_FEATURE'
+  | 'TRUNCATED'
+  | 'OFFSET_TOO_LARGE'
+  | 'MISALIGNED_OFFSET'
+  | 'L1_TOO_LARGE'
+  | 'REFCOUNT_TABLE_TOO_LARGE'
+  | 'TOO_MANY_SNAPSHOTS'
+  | 'BAD_SNAPSHOT_TABLE'
+  | 'BAD_EXTENSION'
+  | 'BAD_L2_ENTRY'
+  | 'COMPRESSION_ERROR'
+  | 'ENCRYPTED'
+  | 'BACKING_LOOP'
+  | 'CHAIN_TOO_DEEP'
+  | 'BACKING_NOT_FOUND'
+  | 'DATA_FILE_NOT_FOUND'
+  | 'UNTRUSTED_REFERENCE'
+  | 'SNAPSHOT_NOT_FOUND'
+  | 'BAD_ARGUMENT'
+  | 'OUT_OF_RANGE'
+  | 'READ_ONLY'
+  | 'IO_ERROR'
+  | 'UNKNOWN_FORMAT';
+
+export class Qcow2Error extends Error {
+  readonly code: Qcow2ErrorCode;
+  /** The image (or other file) the problem was found in, when there is one. */
+  readonly file: string | undefined;
+
+  constructor(code: Qcow2ErrorCode, message: string, options: { file?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'Qcow2Error';
+    this.code = code;
+    this.file = options.file;
+  }
+
+  /** The same error, attributed to `file` when it was not attributed yet. */
+  withFile(file: string): Qcow2Error {
+    if (this.file !== undefined) return this;
+    const copy = new Qcow2Error(this.code, this.message, { file, cause: this.cause });
+    copy.stack = this.stack;
+    return copy;
+  }
+}
+
+export function isQcow2Error(error: unknown): error is Qcow2Error {
+  return error instanceof Qcow2Error;
+}

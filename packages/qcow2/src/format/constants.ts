@@ -1,0 +1,57 @@
+/** Numbers fixed by the qcow2 specification and by qemu's limits (qemu 7.2, block/qcow2.h). */
+export const QCOW2_MAGIC = 0x514649fb;
+export const MIN_CLUSTER_BITS = 9;
+export const MAX_CLUSTER_BITS = 21;
+export const MIN_EXTENDED_L2_CLUSTER_BITS = 14;
+export const V2_HEADER_LENGTH = 72;
+export const V3_MIN_HEADER_LENGTH = 104;
+export const MAX_BACKING_FILE_NAME = 1023;
+/** qemu's QCOW_MAX_L1_SIZE: 32 MiB of L1 table. */
+export const MAX_L1_BYTES = 32 * 1024 * 1024;
+/** qemu's QCOW_MAX_REFTABLE_SIZE: 8 MiB of refcount table. */
+export const MAX_REFCOUNT_TABLE_BYTES = 8 * 1024 * 1024;
+export const MAX_SNAPSHOTS = 65536;
+export const MAX_SNAPSHOT_EXTRA_DATA = 1024;
+export const MAX_SNAPSHOT_ID_LEN = 128;
+export const MAX_SNAPSHOT_NAME_LEN = 1024;
+/** qemu's QCOW_MAX_SNAPSHOTS_SIZE: the whole table at most 64 MiB. */
+export const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
+export const SUBCLUSTERS_PER_CLUSTER = 32;
+
+export const enum IncompatibleFeature {
+  Dirty = 0,
+  Corrupt = 1,
+  ExternalDataFile = 2,
+  CompressionType = 3,
+  ExtendedL2 = 4,
+}
+export const KNOWN_INCOMPATIBLE_MASK = 0b11111;
+
+export const enum CompatibleFeature {
+  LazyRefcounts = 0,
+}
+
+export const enum AutoclearFeature {
+  Bitmaps = 0,
+  DataFileRaw = 1,
+}
+
+export const enum CompressionType {
+  Zlib = 0,
+  Zstd = 1,
+}
+
+export const enum HeaderExtensionType {
+  End = 0,
+  BackingFormat = 0xe2792aca,
+  FeatureNameTable = 0x6803f857,
+  Bitmaps = 0x23852875,
+  FullDiskEncryption = 0x0537be77,
+  ExternalDataFile = 0x44415441,
+}
+
+export const enum CryptMethod {
+  None = 0,
+  Aes = 1,
+  Luks = 2,
+}

@@ -1,0 +1,20 @@
+/** @qcowkit/qcow2: the portable engine. Nothing reachable from here imports node:* (see browser-bundle.test.ts). */
+export { Qcow2Error, isQcow2Error, type Qcow2ErrorCode } from './errors.js';
+export type { Storage, StorageRegion } from './io/storage.js';
+export { MemoryStorage } from './io/memory-storage.js';
+export * from './format/constants.js';
+export { decodeHeader, encodeHeader, hasBit, type Qcow2Header } from './format/header.js';
+export * from './format/header-extensions.js';
+export * from './format/table-entries.js';
+export { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from './format/snapshot-table.js';
+export { Qcow2Image, type Qcow2ImageOptions } from './engine/qcow2-image.js';
+export type { CompressionCodecs } from './engine/compression.js';
+export { portableCodecs } from './engine/portable-codecs.js';
+export type { ImageLayout } from './engine/image-layout.js';
+export type { BlockDevice, Extent, ExtentKind, ImageFormat } from './device/block-device.js';
+export { RawDevice } from './device/raw-device.js';
+export { Qcow2Device } from './device/qcow2-device.js';
+export type { HostFiles, FileReference, ReferenceGate } from './device/host-files.js';
+export { trustingGate, untrustedGate, DEFAULT_MAX_CHAIN_DEPTH } from './device/open-policy.js';
+export { openImage, probeFormat, type OpenImageOptions } from './device/open-image.js';
+export { combinePath } from './device/paths.js';

@@ -1,0 +1,83 @@
+import { open, type FileHandle } from 'node:fs/promises';
+import { Qcow2Error } from '../errors.js';
+import type { Storage } from '../io/storage.js';
+
+function ioError(name: string, error: unknown): Qcow2Error {
+  const e = error as NodeJS.ErrnoException;
+  const reason = e.code === 'ENOENT' ? 'No such file or directory' : e.code === 'EACCES' ? 'Permission denied' : e.message;
+  return new Qcow2Error('IO_ERROR', reason, { file: name, cause: error });
+}
+
+/** A file on the local file system, read and written with positional I/O. */
+export class FileStorage implements Storage {
+  private closed = false;
+
+  private constructor(
+    readonly name: string,
+    private readonly handle: FileHandle,
+  ) {}
+
+  static async open(name: string, options: { writable?: boolean; create?: boolean } = {}): Promise<FileStorage> {
+    const flags = options.create ? 'w+' : options.writable ? 'r+' : 'r';
+    try {
+      const handle = await open(name, flags);
+      const stat = await handle.stat();
+      if (stat.isDirectory()) {
+        await handle.close();
+        throw Object.assign(new Error('Is a directory'), { code: 'EISDIR' });
+      }
+      return new FileStorage(name, handle);
+    } catch (error) {
+      throw ioError(name, error);
+    }
+  }
+
+  async read(buffer: Uint8Array, offset: number): Promise<number> {
+    let done = 0;
+    try {
+      // A single read may return short (large reads on Linux stop at 2 GiB); loop until the end of the file.
+      while (done < buffer.length) {
+        const { bytesRead } = await this.handle.read(buffer, done, buffer.length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    } catch (error) {
+      throw ioError(this.name, error);
+    }
+    return done;
+  }
+
+  async write(buffer: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < buffer.length) {
+        const { bytesWritten } = await this.handle.write(buffer, done, buffer.length - done, offset + done);
+        done += bytesWritten;
+      }
+    } catch (error) {
+      throw ioError(this.name, error);
+    }
+  }
+
+  async size(): Promise<number> {
+    return (await this.handle.stat()).size;
+  }
+
+  async allocatedSize(): Promise<number> {
+    return (await this.handle.stat()).blocks * 512;
+  }
+
+  async flush(): Promise<void> {
+    await this.handle.sync();
+  }
+
+  async truncate(size: number): Promise<void> {
+    await this.handle.truncate(size);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+  }
+}
