@@ -18,3 +18,8 @@ export type { HostFiles, FileReference, ReferenceGate } from './device/host-file
 export { trustingGate, untrustedGate, DEFAULT_MAX_CHAIN_DEPTH } from './device/open-policy.js';
 export { openImage, probeFormat, type OpenImageOptions } from './device/open-image.js';
 export { combinePath } from './device/paths.js';
+export { walkExtents } from './ops/extent-walk.js';
+export { mapImage, mapEntryOf, type MapEntry } from './ops/map.js';
+export { compareDevices, type CompareResult, type CompareOptions } from './ops/compare.js';
+export { convertToRaw, type ConvertToRawOptions } from './ops/convert-to-raw.js';
+export { isZero } from './ops/zero-detect.js';

@@ -16,6 +16,8 @@ export interface Extent {
   depth: number;
   /** Host offset of the extent's first byte in the file that holds it, when known (not for compressed data). */
   hostOffset?: number;
+  /** The file that holds the bytes at hostOffset (the image, its external data file, or a backing file). */
+  hostFile?: string;
   /** Data stored in compressed clusters. */
   compressed?: boolean;
   /** Data that the host file is known to hold as a hole, so it also reads as zeros. */
@@ -49,6 +51,7 @@ export function pushExtent(out: Extent[], extent: Extent): void {
     last.depth === extent.depth &&
     (last.compressed ?? false) === (extent.compressed ?? false) &&
     (last.zeroData ?? false) === (extent.zeroData ?? false) &&
+    last.hostFile === extent.hostFile &&
     ((last.hostOffset === undefined && extent.hostOffset === undefined) ||
       (last.hostOffset !== undefined && extent.hostOffset !== undefined && last.hostOffset + last.length === extent.hostOffset))
   ) {

@@ -53,13 +53,16 @@ export class Qcow2Device implements BlockDevice {
       const base = { offset: seg.guestOffset, length: seg.length, depth: 0 };
       switch (seg.kind) {
         case SegmentKind.Data:
-          pushExtent(out, { ...base, kind: 'data', hostOffset: seg.hostOffset });
+          pushExtent(out, { ...base, kind: 'data', hostOffset: seg.hostOffset, hostFile: this.image.dataStorage.name });
           break;
         case SegmentKind.Compressed:
-          pushExtent(out, { ...base, kind: 'data', compressed: true });
+          pushExtent(out, { ...base, kind: 'data', compressed: true, hostFile: this.image.storage.name });
           break;
         case SegmentKind.Zero:
-          pushExtent(out, seg.hostOffset >= 0 ? { ...base, kind: 'zero', hostOffset: seg.hostOffset } : { ...base, kind: 'zero' });
+          pushExtent(
+            out,
+            seg.hostOffset >= 0 ? { ...base, kind: 'zero', hostOffset: seg.hostOffset, hostFile: this.image.dataStorage.name } : { ...base, kind: 'zero' },
+          );
           break;
         case SegmentKind.Unallocated:
           await this.backingExtents(out, seg.guestOffset, seg.length);

@@ -27,11 +27,11 @@ export class RawDevice implements BlockDevice {
     const out: Extent[] = [];
     if (length === 0) return out;
     if (this.storage.dataRegions === undefined) {
-      pushExtent(out, { offset, length, kind: 'data', depth: 0, hostOffset: offset });
+      pushExtent(out, { offset, length, kind: 'data', depth: 0, hostOffset: offset, hostFile: this.filename });
       return out;
     }
     for (const region of await this.storage.dataRegions(offset, length)) {
-      pushExtent(out, { offset: region.offset, length: region.length, kind: region.hole ? 'zero' : 'data', depth: 0, hostOffset: region.offset });
+      pushExtent(out, { offset: region.offset, length: region.length, kind: region.hole ? 'zero' : 'data', depth: 0, hostOffset: region.offset, hostFile: this.filename });
     }
     return out;
   }

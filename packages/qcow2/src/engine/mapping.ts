@@ -1,5 +1,5 @@
 import { Qcow2Error } from '../errors.js';
-import { COMPRESSED_HI, ZERO_LO, compressedSpan, decodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
+import { COMPRESSED_HI, COPIED_HI, ZERO_LO, compressedSpan, decodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
 import type { ImageLayout } from './image-layout.js';
 import { SegmentKind, pushSegment, segment, type Segment } from './segments.js';
 
@@ -35,7 +35,7 @@ export async function mapGuestRange(
 ): Promise<Segment[]> {
   const out: Segment[] = [];
   const end = offset + length;
-  const { clusterSize, clusterBits, l2Coverage, l2Entries, l2EntryBytes, extendedL2, subclusterSize } = layout;
+  const { clusterSize, clusterBits, l2Coverage, l2Entries, l2EntryBytes, extendedL2, subclusterSize, externalDataFile } = layout;
   let pos = offset;
   while (pos < end) {
     const l1Index = Math.floor(pos / l2Coverage);
@@ -74,11 +74,14 @@ export async function mapGuestRange(
       } else {
         const host = entryHostOffset(hi, lo);
         if (host % clusterSize !== 0) throw corrupt(`cluster offset 0x${host.toString(16)} is not cluster aligned`);
+        // Offset 0 is a real cluster in an external data file; there every cluster has refcount 1, so COPIED
+        // tells an allocated cluster at offset 0 from an unallocated one (as qemu decides).
+        const allocated = host !== 0 || (externalDataFile && (hi & COPIED_HI) !== 0);
         if (!extendedL2) {
           const inCluster = pos - clusterStart;
           if ((lo & ZERO_LO) !== 0) {
-            pushSegment(out, segment(pos, clusterEnd - pos, SegmentKind.Zero, host === 0 ? -1 : host + inCluster));
-          } else if (host === 0) {
+            pushSegment(out, segment(pos, clusterEnd - pos, SegmentKind.Zero, allocated ? host + inCluster : -1));
+          } else if (!allocated) {
             pushSegment(out, segment(pos, clusterEnd - pos, SegmentKind.Unallocated));
           } else {
             pushSegment(out, segment(pos, clusterEnd - pos, SegmentKind.Data, host + inCluster));
@@ -87,14 +90,14 @@ export async function mapGuestRange(
           const zeroBits = l2.getUint32(index * l2EntryBytes + 8);
           const allocBits = l2.getUint32(index * l2EntryBytes + 12);
           if ((zeroBits & allocBits) !== 0) throw corrupt(`subcluster marked both allocated and zero (L2 entry for guest offset ${clusterStart})`);
-          if (host === 0 && allocBits !== 0) throw corrupt(`subclusters allocated in an unallocated cluster (guest offset ${clusterStart})`);
+          if (!allocated && allocBits !== 0) throw corrupt(`subclusters allocated in an unallocated cluster (guest offset ${clusterStart})`);
           let sub = Math.floor((pos - clusterStart) / subclusterSize);
           while (pos < clusterEnd) {
             const subEnd = Math.min(clusterStart + (sub + 1) * subclusterSize, clusterEnd);
             const bit = 1 << sub;
             const inCluster = pos - clusterStart;
             if ((allocBits & bit) !== 0) pushSegment(out, segment(pos, subEnd - pos, SegmentKind.Data, host + inCluster));
-            else if ((zeroBits & bit) !== 0) pushSegment(out, segment(pos, subEnd - pos, SegmentKind.Zero, host === 0 ? -1 : host + inCluster));
+            else if ((zeroBits & bit) !== 0) pushSegment(out, segment(pos, subEnd - pos, SegmentKind.Zero, allocated ? host + inCluster : -1));
             else pushSegment(out, segment(pos, subEnd - pos, SegmentKind.Unallocated));
             pos = subEnd;
             sub++;

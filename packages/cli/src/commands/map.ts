@@ -1,0 +1,57 @@
+import type { Command } from 'commander';
+import { mapImage, type MapEntry } from '@qcowkit/qcow2';
+import { CommandError } from '../output/errors.js';
+import { openForReading, withDevice } from './open.js';
+import { parseOutputFormat } from '../output/output-format.js';
+
+/** One JSON line as qemu-img map prints it (its own compact format, not the pretty printer). */
+function jsonLine(entry: MapEntry): string {
+  const offset = entry.offset === undefined ? '' : `, "offset": ${entry.offset}`;
+  return `{ "start": ${entry.start}, "length": ${entry.length}, "depth": ${entry.depth}, "present": ${entry.present}, "zero": ${entry.zero}, "data": ${entry.data}${offset}}`;
+}
+
+/** C's %#-15x: "0" for zero, 0x-prefixed hex otherwise, left-aligned in 15 columns. */
+function hexColumn(value: number): string {
+  return (value === 0 ? '0' : `0x${value.toString(16)}`).padEnd(15);
+}
+
+export function registerMap(program: Command): void {
+  program
+    .command('map')
+    .description('dump the metadata of image FILE and its backing chain')
+    .argument('<filename>')
+    .option('-f, --format <fmt>', 'image format')
+    .option('--output <fmt>', 'human or json', 'human')
+    .option('--start-offset <offset>', 'first byte to map', '0')
+    .option('--max-length <length>', 'bytes to map')
+    .option('-U, --force-share', 'open the image even if in use (always: qcowkit takes no locks)')
+    .option('--untrusted', 'refuse backing and data file references (for images from untrusted sources)')
+    .action(async (filename: string, opts: { format?: string; output: string; startOffset: string; maxLength?: string; untrusted?: boolean }) => {
+      const output = parseOutputFormat(opts.output);
+      const device = await openForReading(filename, opts);
+      await withDevice(device, async () => {
+        const start = Number(opts.startOffset);
+        if (!Number.isSafeInteger(start) || start < 0) throw new CommandError(`Invalid start offset specified! You may use k, M, G, T, P or E suffixes for`);
+        const length = opts.maxLength === undefined ? device.size - Math.min(start, device.size) : Math.min(Number(opts.maxLength), device.size - start);
+        const lines: string[] = [];
+        if (output === 'json') {
+          let first = true;
+          for await (const entry of mapImage(device, Math.min(start, device.size), Math.max(0, length))) {
+            process.stdout.write(`${first ? '[' : ',\n'}${jsonLine(entry)}`);
+            first = false;
+          }
+          process.stdout.write(first ? '[]\n' : ']\n');
+          return;
+        }
+        process.stdout.write(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
+        for await (const entry of mapImage(device, Math.min(start, device.size), Math.max(0, length))) {
+          if (!entry.data) continue;
+          if (entry.offset === undefined) {
+            throw new CommandError('File contains external, encrypted or compressed clusters.');
+          }
+          lines.push(`${hexColumn(entry.start)} ${hexColumn(entry.length)} ${hexColumn(entry.offset)} ${entry.filename ?? filename}`);
+          process.stdout.write(`${lines.pop()}\n`);
+        }
+      });
+    });
+}

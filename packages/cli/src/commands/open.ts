@@ -1,0 +1,36 @@
+import { untrustedGate, type BlockDevice, type ImageFormat } from '@qcowkit/qcow2';
+import { openImageFile } from '@qcowkit/qcow2/node';
+import { CommandError } from '../output/errors.js';
+
+/** The options every image-reading command shares. */
+export interface ImageOpenFlags {
+  format?: string;
+  untrusted?: boolean;
+  /** Open without the backing chain (qemu-img -u style). */
+  noBacking?: boolean;
+}
+
+export function parseFormatFlag(format: string | undefined): ImageFormat | undefined {
+  if (format === undefined) return undefined;
+  if (format === 'raw' || format === 'qcow2') return format;
+  throw new CommandError(`Unknown file format '${format}'`);
+}
+
+/** Opens an image for reading with the CLI's policy: qemu-img's by default, refusing references with --untrusted. */
+export function openForReading(filename: string, flags: ImageOpenFlags): Promise<BlockDevice> {
+  const format = parseFormatFlag(flags.format);
+  return openImageFile(filename, {
+    ...(format === undefined ? {} : { format }),
+    ...(flags.untrusted ? { gate: untrustedGate } : {}),
+    ...(flags.noBacking ? { openBacking: false } : {}),
+  });
+}
+
+/** Runs `body` with the device open and closes it afterwards, whatever happens. */
+export async function withDevice<T>(device: BlockDevice, body: (device: BlockDevice) => Promise<T>): Promise<T> {
+  try {
+    return await body(device);
+  } finally {
+    await device.close();
+  }
+}

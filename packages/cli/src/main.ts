@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { registerCommands } from './commands/index.js';
+import { reportError } from './output/errors.js';
+
+/** qcowkit: qemu-img's subcommands, flags, exit codes and JSON output, on the @qcowkit/qcow2 engine. */
+export function buildProgram(): Command {
+  const program = new Command('qcowkit')
+    .description('Inspect, convert and snapshot qcow2 disk images (qemu-img compatible)')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .exitOverride();
+  registerCommands(program);
+  return program;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return process.exitCode === undefined ? 0 : Number(process.exitCode);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // --help and --version exit 0; usage errors exit 1 like qemu-img.
+      return error.exitCode === 0 ? 0 : 1;
+    }
+    return reportError(error);
+  }
+}
+
+main(process.argv).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.exitCode = reportError(error);
+  },
+);

@@ -1,0 +1,68 @@
+import type { BlockDevice } from '../device/block-device.js';
+import type { Storage } from '../io/storage.js';
+import { walkExtents } from './extent-walk.js';
+import { isZero } from './zero-detect.js';
+
+export interface ConvertToRawOptions {
+  /** Zero runs at least this long (and aligned to it) are left as holes; qemu-img's -S, default 4 KiB. 0 = write every byte. */
+  sparseSize?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+const CHUNK = 4 * 1024 * 1024;
+
+/**
+ * Writes the guest contents of `source` into `target` as a raw image. The target is emptied and sized first, so
+ * everything not written is a hole: only extents holding data are read at all, and zero runs inside them are
+ * skipped too. One chunk is read while the previous one is written.
+ */
+export async function convertToRaw(source: BlockDevice, target: Storage, options: ConvertToRawOptions = {}): Promise<void> {
+  const sparse = options.sparseSize ?? 4096;
+  const total = source.size;
+  await target.truncate(0);
+  await target.truncate(total);
+  const buffers = [new Uint8Array(CHUNK), new Uint8Array(CHUNK)];
+  let turn = 0;
+  let pendingWrite: Promise<void> = Promise.resolve();
+  for await (const extent of walkExtents(source)) {
+    if (extent.kind !== 'data' || extent.zeroData === true) {
+      options.onProgress?.(extent.offset + extent.length, total);
+      continue;
+    }
+    const end = extent.offset + extent.length;
+    for (let pos = extent.offset; pos < end; pos += CHUNK) {
+      const chunk = buffers[turn]!.subarray(0, Math.min(CHUNK, end - pos));
+      turn ^= 1;
+      await source.read(chunk, pos);
+      await pendingWrite;
+      pendingWrite = writeNonZeroRuns(target, chunk, pos, sparse);
+      options.onProgress?.(pos + chunk.length, total);
+    }
+  }
+  await pendingWrite;
+  await target.flush();
+  options.onProgress?.(total, total);
+}
+
+/** Writes `chunk` at `offset`, leaving out aligned runs of `sparse` zero bytes (they are holes already). */
+async function writeNonZeroRuns(target: Storage, chunk: Uint8Array, offset: number, sparse: number): Promise<void> {
+  if (sparse === 0) {
+    await target.write(chunk, offset);
+    return;
+  }
+  let runStart = -1;
+  // Blocks are aligned to guest offsets, so holes line up with file system blocks.
+  let pos = 0;
+  while (pos < chunk.length) {
+    const blockEnd = Math.min(chunk.length, (Math.floor((offset + pos) / sparse) + 1) * sparse - offset);
+    const block = chunk.subarray(pos, blockEnd);
+    const zero = block.length === sparse && isZero(block);
+    if (!zero && runStart < 0) runStart = pos;
+    if (zero && runStart >= 0) {
+      await target.write(chunk.subarray(runStart, pos), offset + runStart);
+      runStart = -1;
+    }
+    pos = blockEnd;
+  }
+  if (runStart >= 0) await target.write(chunk.subarray(runStart), offset + runStart);
+}
