@@ -11,7 +11,7 @@ export { Qcow2Image, type Qcow2ImageOptions } from './engine/qcow2-image.js';
 export type { CompressionCodecs } from './engine/compression.js';
 export { portableCodecs } from './engine/portable-codecs.js';
 export type { ImageLayout } from './engine/image-layout.js';
-export type { BlockDevice, Extent, ExtentKind, ImageFormat } from './device/block-device.js';
+export { isWritable, type BlockDevice, type WritableBlockDevice, type Extent, type ExtentKind, type ImageFormat } from './device/block-device.js';
 export { RawDevice } from './device/raw-device.js';
 export { Qcow2Device } from './device/qcow2-device.js';
 export type { HostFiles, FileReference, ReferenceGate } from './device/host-files.js';
@@ -23,3 +23,22 @@ export { mapImage, mapEntryOf, type MapEntry } from './ops/map.js';
 export { compareDevices, type CompareResult, type CompareOptions } from './ops/compare.js';
 export { convertToRaw, type ConvertToRawOptions } from './ops/convert-to-raw.js';
 export { isZero } from './ops/zero-detect.js';
+export * from './format/bitmap-directory.js';
+export {
+  imageInfo,
+  backingChain,
+  snapshotInfos,
+  fullBackingFilename,
+  openImageForInfo,
+  type ImageInfo,
+  type ImageInfoOptions,
+  type SnapshotInfo,
+  type BitmapInfo,
+  type BitmapInfoFlag,
+  type Qcow2SpecificInfo,
+  type FormatSpecificInfo,
+  type OpenForInfoOptions,
+} from './ops/image-info.js';
+export { createQcow2, type CreateQcow2Options, type Preallocation } from './engine/create-image.js';
+export { Qcow2Writer, type BelowReader } from './engine/image-writer.js';
+export { Refcounts } from './engine/refcounts.js';

@@ -1,4 +1,107 @@
 import type { Command } from 'commander';
+import { openImageForInfo, snapshotInfos, type BlockDevice } from '@qcowkit/qcow2';
+import { nodeHostFiles } from '@qcowkit/qcow2/node';
+import { CommandError } from '../output/errors.js';
+import { formatSnapshotList } from '../output/info-human.js';
+import { parseFormatFlag, withDevice } from './open.js';
 
-// Placeholder until the snapshot command lands (being written in parallel).
-export function registerSnapshot(_program: Command): void {}
+/**
+ * qemu-img snapshot: one action per run, chosen by -l, -c, -a or -d (qemu refuses to mix them, or to give one
+ * twice). Without any, qemu-img opens the image and does nothing; so does qcowkit.
+ *
+ * To add an action: implement its entry in `snapshotActions` (the image is not opened for it yet: open it
+ * writable there).
+ */
+export type SnapshotAction =
+  | { kind: 'none' }
+  | { kind: 'list' }
+  | { kind: 'create'; name: string }
+  | { kind: 'apply'; name: string }
+  | { kind: 'delete'; name: string };
+
+export interface SnapshotContext {
+  filename: string;
+  format: 'raw' | 'qcow2' | undefined;
+  quiet: boolean;
+}
+
+interface SnapshotFlags {
+  list: number;
+  create: string[];
+  apply: string[];
+  delete: string[];
+  format?: string;
+  quiet?: boolean;
+  forceShare?: boolean;
+}
+
+function openMetadata(context: SnapshotContext): Promise<BlockDevice> {
+  return openImageForInfo(context.filename, { hostFiles: nodeHostFiles, ...(context.format === undefined ? {} : { format: context.format }) });
+}
+
+function notYet(flag: string): () => Promise<void> {
+  return async () => {
+    throw new CommandError(`snapshot ${flag} is not supported yet (only -l is)`);
+  };
+}
+
+export const snapshotActions: { [K in SnapshotAction['kind']]: (action: Extract<SnapshotAction, { kind: K }>, context: SnapshotContext) => Promise<void> } = {
+  async none(_action, context) {
+    const device = await openMetadata(context);
+    await device.close();
+  },
+  async list(_action, context) {
+    // Like qemu-img: nothing at all (not even the header) when there are no snapshots, or for a raw image.
+    const device = await openMetadata(context);
+    await withDevice(device, async () => {
+      const snapshots = snapshotInfos(device);
+      if (snapshots.length > 0) process.stdout.write(formatSnapshotList(snapshots));
+    });
+  },
+  create: notYet('-c'),
+  apply: notYet('-a'),
+  delete: notYet('-d'),
+};
+
+/** The one action the flags ask for; qemu's "Cannot mix" error when they ask for more. */
+export function parseSnapshotAction(flags: Pick<SnapshotFlags, 'list' | 'create' | 'apply' | 'delete'>): SnapshotAction {
+  const actions: SnapshotAction[] = [
+    ...Array.from({ length: flags.list }, (): SnapshotAction => ({ kind: 'list' })),
+    ...flags.create.map((name): SnapshotAction => ({ kind: 'create', name })),
+    ...flags.apply.map((name): SnapshotAction => ({ kind: 'apply', name })),
+    ...flags.delete.map((name): SnapshotAction => ({ kind: 'delete', name })),
+  ];
+  if (actions.length > 1) throw new CommandError("Cannot mix '-l', '-a', '-c', '-d'");
+  return actions[0] ?? { kind: 'none' };
+}
+
+function runAction(action: SnapshotAction, context: SnapshotContext): Promise<void> {
+  switch (action.kind) {
+    case 'none': return snapshotActions.none(action, context);
+    case 'list': return snapshotActions.list(action, context);
+    case 'create': return snapshotActions.create(action, context);
+    case 'apply': return snapshotActions.apply(action, context);
+    case 'delete': return snapshotActions.delete(action, context);
+  }
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+const count = (_value: unknown, previous: number): number => previous + 1;
+
+export function registerSnapshot(program: Command): void {
+  program
+    .command('snapshot')
+    .description('list, create, apply or delete internal snapshots of image FILE')
+    .argument('<filename>')
+    .option('-l, --list', 'list all snapshots', count, 0)
+    .option('-c, --create <snapshot>', 'create a snapshot', collect, [])
+    .option('-a, --apply <snapshot>', 'revert the disk to a snapshot', collect, [])
+    .option('-d, --delete <snapshot>', 'delete a snapshot', collect, [])
+    .option('-f, --format <fmt>', 'image format (probed when absent)')
+    .option('-q, --quiet', 'quiet mode')
+    .option('-U, --force-share', 'open the image even if in use (always: qcowkit takes no locks)')
+    .action(async (filename: string, opts: SnapshotFlags) => {
+      const action = parseSnapshotAction(opts);
+      await runAction(action, { filename, format: parseFormatFlag(opts.format), quiet: opts.quiet === true });
+    });
+}

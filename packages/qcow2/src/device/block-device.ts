@@ -60,3 +60,14 @@ export function pushExtent(out: Extent[], extent: Extent): void {
   }
   out.push({ ...extent });
 }
+
+/** A device that can be written: the top image of a chain opened for writing. */
+export interface WritableBlockDevice extends BlockDevice {
+  write(buffer: Uint8Array, offset: number): Promise<void>;
+  /** Metadata written back and data on stable storage. */
+  flush(): Promise<void>;
+}
+
+export function isWritable(device: BlockDevice): device is WritableBlockDevice {
+  return typeof (device as Partial<WritableBlockDevice>).write === 'function';
+}

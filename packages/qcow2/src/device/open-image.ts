@@ -16,6 +16,8 @@ export interface OpenImageOptions {
   format?: ImageFormat;
   /** Follow (or refuse) backing and data file references; default: follow, like qemu-img. */
   gate?: ReferenceGate;
+  /** Open the top image for writing (its backing chain stays read-only). */
+  writable?: boolean;
   /** Open the backing chain (default true); false reads unallocated ranges as zeros, like qemu-img -u. */
   openBacking?: boolean;
   maxChainDepth?: number;
@@ -43,7 +45,16 @@ function parseFormat(name: string | undefined, from: string): ImageFormat | unde
  * directory, every reference passes the gate first, and loops or over-deep chains are refused.
  */
 export async function openImage(filename: string, options: OpenImageOptions): Promise<BlockDevice> {
-  return openLayer(filename, options.format, options, [], 0);
+  const device = await openLayer(filename, options.format, options, [], 0);
+  if (options.writable && device instanceof Qcow2Device) {
+    try {
+      await device.enableWrites();
+    } catch (error) {
+      await device.close();
+      throw error;
+    }
+  }
+  return device;
 }
 
 async function openLayer(
@@ -53,6 +64,7 @@ async function openLayer(
   seen: string[],
   depth: number,
 ): Promise<BlockDevice> {
+  const writable = depth === 0 && options.writable === true;
   const maxDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
   if (depth > maxDepth) {
     throw new Qcow2Error('CHAIN_TOO_DEEP', `backing chain deeper than ${maxDepth} images`, { file: filename });
@@ -61,7 +73,7 @@ async function openLayer(
   if (seen.includes(identity)) {
     throw new Qcow2Error('BACKING_LOOP', `backing chain loops back to '${filename}'`, { file: filename });
   }
-  const storage = await options.hostFiles.open(filename, { writable: false });
+  const storage = await options.hostFiles.open(filename, { writable });
   try {
     const actualFormat = format ?? (await probeFormat(storage));
     if (actualFormat === 'raw') return await RawDevice.open(storage, filename);
@@ -73,7 +85,7 @@ async function openLayer(
         if (name === undefined) throw new Qcow2Error('DATA_FILE_NOT_FOUND', 'image needs an external data file but names none', { file: filename });
         const resolved = combinePath(filename, name);
         await gate({ kind: 'data-file', name, resolved, from: filename });
-        return openReferenced(options.hostFiles, resolved, 'DATA_FILE_NOT_FOUND', 'data file', filename);
+        return openReferenced(options.hostFiles, resolved, writable, filename);
       },
     });
     let backing: BlockDevice | undefined;
@@ -113,10 +125,10 @@ async function openBackingLayer(
   }
 }
 
-async function openReferenced(hostFiles: HostFiles, resolved: string, code: 'DATA_FILE_NOT_FOUND', what: string, from: string): Promise<Storage> {
+async function openReferenced(hostFiles: HostFiles, resolved: string, writable: boolean, from: string): Promise<Storage> {
   try {
-    return await hostFiles.open(resolved, { writable: false });
+    return await hostFiles.open(resolved, { writable });
   } catch (error) {
-    throw new Qcow2Error(code, `could not open ${what} '${resolved}': ${(error as Error).message}`, { file: from, cause: error });
+    throw new Qcow2Error('DATA_FILE_NOT_FOUND', `could not open data file '${resolved}': ${(error as Error).message}`, { file: from, cause: error });
   }
 }

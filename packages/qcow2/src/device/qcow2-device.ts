@@ -1,6 +1,8 @@
 import type { SnapshotEntry } from '../format/snapshot-table.js';
 import type { L1Table } from '../engine/mapping.js';
 import type { Qcow2Image } from '../engine/qcow2-image.js';
+import { Qcow2Writer } from '../engine/image-writer.js';
+import { Qcow2Error } from '../errors.js';
 import { SegmentKind } from '../engine/segments.js';
 import { pushExtent, type BlockDevice, type Extent } from './block-device.js';
 import { checkRange } from './range.js';
@@ -11,6 +13,8 @@ import { checkRange } from './range.js';
  */
 export class Qcow2Device implements BlockDevice {
   readonly format = 'qcow2';
+  /** Set when the device was opened for writing. */
+  private writer: Qcow2Writer | undefined;
 
   constructor(
     readonly filename: string,
@@ -21,6 +25,37 @@ export class Qcow2Device implements BlockDevice {
     /** The snapshot this device shows, when it is a snapshot view. */
     readonly snapshot: SnapshotEntry | undefined = undefined,
   ) {}
+
+  /** Makes the (active, not snapshot) device writable; the backing chain stays read-only. */
+  async enableWrites(): Promise<void> {
+    if (this.snapshot !== undefined) throw new Qcow2Error('READ_ONLY', 'a snapshot view is read-only', { file: this.filename });
+    this.writer ??= await Qcow2Writer.attach(this.image);
+  }
+
+  get writable(): boolean {
+    return this.writer !== undefined;
+  }
+
+  private requireWriter(): Qcow2Writer {
+    if (this.writer === undefined) throw new Qcow2Error('READ_ONLY', 'image is open read-only', { file: this.filename });
+    return this.writer;
+  }
+
+  async write(buffer: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buffer.length);
+    if (buffer.length === 0) return;
+    await this.requireWriter().write(offset, buffer, (dest, at) => this.readBacking(dest, at));
+  }
+
+  /** Stores an already compressed cluster at cluster-aligned guest `offset` (convert -c). */
+  async writeCompressed(offset: number, stored: Uint8Array): Promise<void> {
+    checkRange(this, offset, Math.min(this.image.clusterSize, this.size - offset));
+    await this.requireWriter().writeCompressed(offset, stored);
+  }
+
+  async flush(): Promise<void> {
+    await this.writer?.flush();
+  }
 
   /** A read-only view of the disk as it was when `snapshot` was taken, over the same backing device. */
   async snapshotView(snapshot: SnapshotEntry): Promise<Qcow2Device> {
@@ -84,6 +119,10 @@ export class Qcow2Device implements BlockDevice {
 
   /** Closes the image and the chain below it; a snapshot view shares them, so close either, once. */
   async close(): Promise<void> {
+    if (this.writer !== undefined) {
+      await this.writer.flush();
+      this.writer = undefined;
+    }
     await this.image.close();
     await this.backing?.close();
   }

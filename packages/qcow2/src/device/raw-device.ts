@@ -36,6 +36,15 @@ export class RawDevice implements BlockDevice {
     return out;
   }
 
+  async write(buffer: Uint8Array, offset: number): Promise<void> {
+    checkRange(this, offset, buffer.length);
+    await this.storage.write(buffer, offset);
+  }
+
+  async flush(): Promise<void> {
+    await this.storage.flush();
+  }
+
   async close(): Promise<void> {
     await this.storage.close();
   }

@@ -41,14 +41,16 @@ const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
  */
 export class Qcow2Image {
   readonly layout: ImageLayout;
-  private readonly l2Cache: TableCache;
+  /** L2 tables by host offset; the writer marks the ones it changes dirty and writes them back. */
+  readonly l2Cache: TableCache;
   /** The last decompressed cluster: sequential reads of a compressed cluster decompress it once. */
   private lastCompressed: { hostOffset: number; data: Uint8Array } | undefined;
 
   private constructor(
     readonly storage: Storage,
     readonly header: Qcow2Header,
-    readonly fileSize: number,
+    /** The file's size when opened; the writer keeps it current. */
+    public fileSize: number,
     readonly activeL1: L1Table,
     readonly snapshots: SnapshotEntry[],
     readonly snapshotTableBytes: number,
@@ -166,6 +168,12 @@ export class Qcow2Image {
   }
 
   private async loadL2(l2Offset: number): Promise<DataView> {
+    const table = await this.l2Table(l2Offset);
+    return new DataView(table.buffer, table.byteOffset, table.byteLength);
+  }
+
+  /** The L2 table at `l2Offset`, from the cache or the file. */
+  async l2Table(l2Offset: number): Promise<Uint8Array> {
     let table = this.l2Cache.get(l2Offset);
     if (table === undefined) {
       if (l2Offset + this.layout.clusterSize > this.fileSize) {
@@ -175,7 +183,12 @@ export class Qcow2Image {
       await this.storage.read(table, l2Offset);
       this.l2Cache.set(l2Offset, table);
     }
-    return new DataView(table.buffer, table.byteOffset, table.byteLength);
+    return table;
+  }
+
+  /** Forgets the last decompressed cluster (its host bytes may be reused after a write). */
+  invalidateCompressedCache(): void {
+    this.lastCompressed = undefined;
   }
 
   /**

@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { Qcow2Error } from '../errors.js';
-import type { Storage } from '../io/storage.js';
+import type { Storage, StorageRegion } from '../io/storage.js';
+import { fileDataRegions } from './sparse-regions.js';
 
 function ioError(name: string, error: unknown): Qcow2Error {
   const e = error as NodeJS.ErrnoException;
@@ -65,6 +66,23 @@ export class FileStorage implements Storage {
 
   async allocatedSize(): Promise<number> {
     return (await this.handle.stat()).blocks * 512;
+  }
+
+  /**
+   * Holes and data of [offset, offset+length), found with lseek(SEEK_DATA/SEEK_HOLE) through the optional
+   * native addon (see sparse-regions.ts); bytes past the end of the file are a hole. Without the addon (not
+   * built, or Windows) this is the pure fallback: the whole range is one data region, as a file system without
+   * SEEK_HOLE would report it, so callers read (and maybe scan) every byte.
+   */
+  async dataRegions(offset: number, length: number): Promise<StorageRegion[]> {
+    if (length <= 0) return [];
+    try {
+      const regions = fileDataRegions(this.handle.fd, offset, length, await this.size());
+      if (regions !== undefined) return regions;
+    } catch (error) {
+      throw ioError(this.name, error);
+    }
+    return [{ offset, length, hole: false }];
   }
 
   async flush(): Promise<void> {

@@ -12,7 +12,7 @@ export { nodeCodecs } from './node-codecs.js';
 /** Opens an image file and its chain with Node's file system and codecs. */
 export function openImageFile(
   filename: string,
-  options: { format?: ImageFormat; gate?: ReferenceGate; openBacking?: boolean } = {},
+  options: { format?: ImageFormat; gate?: ReferenceGate; openBacking?: boolean; writable?: boolean } = {},
 ): Promise<BlockDevice> {
   return openImage(filename, { hostFiles: nodeHostFiles, codecs: nodeCodecs, ...options });
 }

@@ -1,0 +1,342 @@
+import { Qcow2Error } from '../errors.js';
+import { AutoclearFeature } from '../format/constants.js';
+import { hasBit, setBit } from '../format/header.js';
+import { COMPRESSED_HI, COPIED_HI, ZERO_LO, decodeCompressedDescriptor, encodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
+import { viewOf, writeU64 } from '../format/struct.js';
+import type { Qcow2Image } from './qcow2-image.js';
+import { Refcounts } from './refcounts.js';
+import { SegmentKind } from './segments.js';
+
+/** Reads what lies below this image (the backing chain, or zeros) for guest bytes it does not hold. */
+export type BelowReader = (dest: Uint8Array, guestOffset: number) => Promise<void>;
+
+/** Header byte offsets the writer updates in place. */
+const HEADER_REFCOUNT_TABLE = 48;
+const HEADER_AUTOCLEAR = 88;
+
+const FULL_SUBCLUSTER_BITMAP = 0xffffffff;
+
+/**
+ * The write side of one image: guest writes with cluster allocation and copy-on-write, compressed cluster
+ * writes, and write-back of metadata in qemu's order — data, then refcount increases, then L2 entries, then L1
+ * entries; pointers are cleared before refcounts drop. A process killed at any point leaves at worst leaked
+ * clusters, never a pointer to a cluster whose refcount does not count it.
+ */
+export class Qcow2Writer {
+  private readonly pendingFrees: Array<{ cluster: number; count: number }> = [];
+  private firstWriteDone = false;
+  /** Host bytes of the partly filled cluster that compressed clusters are packed into (qemu's free_byte_offset). */
+  private compressedCursor = 0;
+
+  private constructor(
+    readonly image: Qcow2Image,
+    readonly refcounts: Refcounts,
+  ) {}
+
+  static async attach(image: Qcow2Image): Promise<Qcow2Writer> {
+    if (image.corrupt) {
+      throw new Qcow2Error('READ_ONLY', 'image is marked corrupt; repair it with check -r all before writing', { file: image.name });
+    }
+    if (image.dirty) {
+      throw new Qcow2Error(
+        'READ_ONLY',
+        'image has the dirty bit set (lazy refcounts after a crash); its refcounts must be repaired (check -r all) before writing',
+        { file: image.name },
+      );
+    }
+    const header = image.header;
+    const refcounts = await Refcounts.load(image.storage, image.layout, header.refcountTableOffset, header.refcountTableClusters, async (offset, clusters) => {
+      const bytes = new Uint8Array(12);
+      const view = viewOf(bytes);
+      writeU64(view, 0, offset);
+      view.setUint32(8, clusters);
+      await image.storage.write(bytes, HEADER_REFCOUNT_TABLE);
+      header.refcountTableOffset = offset;
+      header.refcountTableClusters = clusters;
+    });
+    return new Qcow2Writer(image, refcounts);
+  }
+
+  private get clusterSize(): number {
+    return this.image.layout.clusterSize;
+  }
+
+  /**
+   * Autoclear bits promise things this engine does not maintain (persistent bitmaps tracking every write):
+   * clear them before the first write changes the disk, so qemu treats those bitmaps as inconsistent.
+   */
+  private async beforeFirstWrite(): Promise<void> {
+    if (this.firstWriteDone) return;
+    this.firstWriteDone = true;
+    const header = this.image.header;
+    if (header.version === 3 && hasBit(header.autoclearFeatures, AutoclearFeature.Bitmaps)) {
+      header.autoclearFeatures = setBit(header.autoclearFeatures, AutoclearFeature.Bitmaps, false);
+      const bytes = new Uint8Array(8);
+      viewOf(bytes).setBigUint64(0, header.autoclearFeatures);
+      await this.image.storage.write(bytes, HEADER_AUTOCLEAR);
+      await this.image.storage.flush();
+    }
+  }
+
+  /** Writes guest bytes at `offset`. Partial clusters that need a new cluster are completed from `below`. */
+  async write(offset: number, data: Uint8Array, below: BelowReader): Promise<void> {
+    if (offset < 0 || offset + data.length > this.image.virtualSize) {
+      throw new Qcow2Error('OUT_OF_RANGE', `write [${offset}, ${offset + data.length}) outside the disk`, { file: this.image.name });
+    }
+    await this.beforeFirstWrite();
+    const { l2Coverage } = this.image.layout;
+    const end = offset + data.length;
+    let pos = offset;
+    while (pos < end) {
+      const l1Index = Math.floor(pos / l2Coverage);
+      const tableEnd = Math.min(end, (l1Index + 1) * l2Coverage);
+      await this.writeInTable(l1Index, pos, data.subarray(pos - offset, tableEnd - offset), below);
+      pos = tableEnd;
+    }
+    this.image.invalidateCompressedCache();
+    if (this.image.l2Cache.full) await this.writeBackMetadata();
+  }
+
+  /** Writes within the range of one L2 table: runs of in-place clusters and runs needing allocation. */
+  private async writeInTable(l1Index: number, offset: number, data: Uint8Array, below: BelowReader): Promise<void> {
+    const { clusterSize, l2EntryBytes, extendedL2, externalDataFile } = this.image.layout;
+    const l2Offset = await this.l2ForWrite(l1Index);
+    const table = await this.image.l2Table(l2Offset);
+    const view = viewOf(table);
+    const end = offset + data.length;
+    const firstCluster = Math.floor(offset / clusterSize);
+    const lastCluster = Math.floor((end - 1) / clusterSize);
+    const tableFirstCluster = l1Index * this.image.layout.l2Entries;
+
+    let runStart = firstCluster; // first cluster of the current run
+    let runInPlace: boolean | undefined;
+    let runHost = 0; // in-place runs: host offset of runStart's cluster
+    const flushRun = async (runEnd: number): Promise<void> => {
+      if (runInPlace === undefined) return;
+      const from = Math.max(offset, runStart * clusterSize);
+      const to = Math.min(end, runEnd * clusterSize);
+      if (runInPlace) {
+        await this.image.dataStorage.write(data.subarray(from - offset, to - offset), runHost + (from - runStart * clusterSize));
+      } else {
+        await this.allocateAndWrite(l2Offset, view, tableFirstCluster, runStart, runEnd, from, data.subarray(from - offset, to - offset), below);
+      }
+    };
+    for (let cluster = firstCluster; cluster <= lastCluster; cluster++) {
+      const index = cluster - tableFirstCluster;
+      const hi = view.getUint32(index * l2EntryBytes);
+      const lo = view.getUint32(index * l2EntryBytes + 4);
+      const host = entryHostOffset(hi, lo);
+      const copied = (hi & COPIED_HI) !== 0;
+      const compressed = (hi & COMPRESSED_HI) !== 0;
+      const allocated = !compressed && (host !== 0 || (externalDataFile && copied));
+      const fullyAllocated = extendedL2 ? view.getUint32(index * l2EntryBytes + 12) === FULL_SUBCLUSTER_BITMAP : (lo & ZERO_LO) === 0;
+      const inPlace = allocated && copied && fullyAllocated;
+      const continues =
+        runInPlace === inPlace && (!inPlace || runHost + (cluster - runStart) * clusterSize === host);
+      if (!continues) {
+        await flushRun(cluster);
+        runStart = cluster;
+        runInPlace = inPlace;
+        runHost = host;
+      }
+    }
+    await flushRun(lastCluster + 1);
+    this.updateFileSize();
+  }
+
+  /**
+   * Clusters [runStart, runEnd) get new host clusters holding `data` (at guest `from`), completed from the old
+   * contents where the write covers a cluster partly. Old clusters are freed after the new entries are written.
+   */
+  private async allocateAndWrite(
+    l2Offset: number,
+    view: DataView,
+    tableFirstCluster: number,
+    runStart: number,
+    runEnd: number,
+    from: number,
+    data: Uint8Array,
+    below: BelowReader,
+  ): Promise<void> {
+    const { clusterSize, l2EntryBytes, extendedL2, externalDataFile, clusterBits } = this.image.layout;
+    // Dirty before the first await that could load other tables: dirty tables are never evicted.
+    this.image.l2Cache.markDirty(l2Offset);
+    const count = runEnd - runStart;
+    const guestStart = runStart * clusterSize;
+    // External data files map guest offset to the same host offset and keep no refcounts for data.
+    const host = externalDataFile ? guestStart : await this.refcounts.allocate(count);
+    const aligned = from === guestStart && data.length === count * clusterSize;
+    if (aligned) {
+      await this.image.dataStorage.write(data, host);
+    } else {
+      const buffer = new Uint8Array(count * clusterSize);
+      if (from > guestStart) await this.readOwnCluster(guestStart, buffer.subarray(0, clusterSize), below);
+      const dataEnd = from + data.length;
+      if (dataEnd < runEnd * clusterSize && (count > 1 || from === guestStart)) {
+        await this.readOwnCluster((runEnd - 1) * clusterSize, buffer.subarray((count - 1) * clusterSize), below);
+      }
+      buffer.set(data, from - guestStart);
+      await this.image.dataStorage.write(buffer, host);
+    }
+    for (let cluster = runStart; cluster < runEnd; cluster++) {
+      const index = cluster - tableFirstCluster;
+      const at = index * l2EntryBytes;
+      const oldHi = view.getUint32(at);
+      const oldLo = view.getUint32(at + 4);
+      this.queueFreeOfEntry(oldHi, oldLo, clusterBits, externalDataFile);
+      const newHost = host + (cluster - runStart) * clusterSize;
+      view.setUint32(at, (COPIED_HI | Math.floor(newHost / 0x100000000)) >>> 0);
+      view.setUint32(at + 4, newHost >>> 0);
+      if (extendedL2) {
+        view.setUint32(at + 8, 0);
+        view.setUint32(at + 12, FULL_SUBCLUSTER_BITMAP);
+      }
+    }
+  }
+
+  /** Queues the release of whatever an L2 entry pointed at, to happen after the new entry is on disk. */
+  private queueFreeOfEntry(hi: number, lo: number, clusterBits: number, externalDataFile: boolean): void {
+    const clusterSize = 2 ** clusterBits;
+    if ((hi & COMPRESSED_HI) !== 0) {
+      const { hostOffset, additionalSectors } = decodeCompressedDescriptor(hi, lo, clusterBits);
+      // qemu counts a compressed cluster on every host cluster its sectors touch.
+      const start = hostOffset - (hostOffset % 512);
+      const endByte = start + (additionalSectors + 1) * 512;
+      const first = Math.floor(start / clusterSize);
+      const last = Math.floor((endByte - 1) / clusterSize);
+      this.pendingFrees.push({ cluster: first, count: last - first + 1 });
+      return;
+    }
+    if (externalDataFile) return;
+    const host = entryHostOffset(hi, lo);
+    if (host !== 0) this.pendingFrees.push({ cluster: host / clusterSize, count: 1 });
+  }
+
+  /** Reads the current guest contents of one cluster of this image (own data, zeros, or from below). */
+  private async readOwnCluster(guestOffset: number, dest: Uint8Array, below: BelowReader): Promise<void> {
+    const length = Math.min(dest.length, this.image.virtualSize - guestOffset);
+    if (length < dest.length) dest.fill(0, Math.max(0, length));
+    if (length <= 0) return;
+    for (const seg of await this.image.segments(guestOffset, length)) {
+      const part = dest.subarray(seg.guestOffset - guestOffset, seg.guestOffset - guestOffset + seg.length);
+      if (seg.kind === SegmentKind.Unallocated) await below(part, seg.guestOffset);
+      else await this.image.readSegment(seg, part);
+    }
+  }
+
+  /**
+   * The L2 table for L1 index `l1Index`, ready for writing: allocated when missing, copied when shared with a
+   * snapshot (COPIED clear). The new table is on disk, counted, before the L1 entry points at it.
+   */
+  private async l2ForWrite(l1Index: number): Promise<number> {
+    const l1 = this.image.activeL1;
+    if (l1Index >= l1.entries) throw new Qcow2Error('OUT_OF_RANGE', `L1 index ${l1Index} beyond the L1 table`, { file: this.image.name });
+    const hi = l1.view.getUint32(l1Index * 8);
+    const lo = l1.view.getUint32(l1Index * 8 + 4);
+    const oldOffset = entryHostOffset(hi, lo);
+    if (oldOffset !== 0 && (hi & COPIED_HI) !== 0) return oldOffset;
+    const newOffset = await this.refcounts.allocate(1);
+    const table = oldOffset === 0 ? new Uint8Array(this.clusterSize) : (await this.image.l2Table(oldOffset)).slice();
+    await this.refcounts.flush();
+    await this.image.storage.write(table, newOffset);
+    await this.writeL1Entry(l1Index, newOffset);
+    this.image.l2Cache.set(newOffset, table);
+    if (oldOffset !== 0) this.pendingFrees.push({ cluster: oldOffset / this.clusterSize, count: 1 });
+    this.updateFileSize(newOffset + this.clusterSize);
+    return newOffset;
+  }
+
+  private async writeL1Entry(l1Index: number, l2Offset: number): Promise<void> {
+    const l1 = this.image.activeL1;
+    l1.view.setUint32(l1Index * 8, (COPIED_HI | Math.floor(l2Offset / 0x100000000)) >>> 0);
+    l1.view.setUint32(l1Index * 8 + 4, l2Offset >>> 0);
+    await this.image.storage.write(l1.bytes.subarray(l1Index * 8, l1Index * 8 + 8), this.image.header.l1TableOffset + l1Index * 8);
+  }
+
+  /**
+   * Stores one compressed cluster for guest cluster at `guestOffset` (cluster aligned). `stored` is the
+   * compressed stream; it is packed into a partly used host cluster when it fits, as qemu does.
+   */
+  async writeCompressed(guestOffset: number, stored: Uint8Array): Promise<void> {
+    const { clusterSize, clusterBits, l2EntryBytes, l2Coverage, l2Entries, extendedL2 } = this.image.layout;
+    if (this.image.layout.externalDataFile) throw new Qcow2Error('BAD_ARGUMENT', 'compressed clusters cannot be written to an image with an external data file');
+    if (stored.length > clusterSize) throw new Qcow2Error('BAD_ARGUMENT', 'compressed cluster larger than a cluster');
+    await this.beforeFirstWrite();
+    const hostOffset = await this.allocateBytes(stored.length);
+    await this.image.storage.write(stored, hostOffset);
+    const l1Index = Math.floor(guestOffset / l2Coverage);
+    const l2Offset = await this.l2ForWrite(l1Index);
+    const table = await this.image.l2Table(l2Offset);
+    const view = viewOf(table);
+    const at = ((guestOffset / clusterSize) % l2Entries) * l2EntryBytes;
+    this.queueFreeOfEntry(view.getUint32(at), view.getUint32(at + 4), clusterBits, false);
+    const sectors = Math.floor((hostOffset + stored.length - 1) / 512) - Math.floor(hostOffset / 512);
+    const { hi, lo } = encodeCompressedDescriptor(hostOffset, sectors, clusterBits);
+    view.setUint32(at, hi);
+    view.setUint32(at + 4, lo);
+    if (extendedL2) {
+      view.setUint32(at + 8, 0);
+      view.setUint32(at + 12, 0);
+    }
+    this.image.l2Cache.markDirty(l2Offset);
+    this.image.invalidateCompressedCache();
+    this.updateFileSize(hostOffset + stored.length);
+    if (this.image.l2Cache.full) await this.writeBackMetadata();
+  }
+
+  /**
+   * Byte allocation for compressed streams: continue in the current partly used host cluster when the stream
+   * fits, or spill into the next cluster when that one can be had contiguously; every host cluster the stream
+   * touches gains one reference.
+   */
+  private async allocateBytes(size: number): Promise<number> {
+    const { clusterSize } = this;
+    let offset = this.compressedCursor;
+    if (offset !== 0 && offset % clusterSize !== 0) {
+      const used = offset % clusterSize;
+      const clusterStart = offset - used;
+      if (used + size <= clusterSize) {
+        await this.refcounts.adjust(clusterStart / clusterSize, 1, 1);
+      } else {
+        const next = await this.refcounts.allocate(1);
+        if (next !== clusterStart + clusterSize) {
+          // Not contiguous: start the stream in the fresh cluster instead.
+          offset = next;
+        } else {
+          await this.refcounts.adjust(clusterStart / clusterSize, 1, 1);
+        }
+      }
+    } else {
+      offset = await this.refcounts.allocate(1);
+    }
+    this.compressedCursor = offset + size;
+    return offset;
+  }
+
+  private updateFileSize(end = 0): void {
+    if (end > this.image.fileSize) this.image.fileSize = end;
+  }
+
+  /** Writes metadata back in order: refcount blocks, L2 tables, then the refcount drops of freed clusters. */
+  async writeBackMetadata(): Promise<void> {
+    await this.refcounts.flush();
+    for (const [offset, bytes] of this.image.l2Cache.dirty()) {
+      await this.image.storage.write(bytes, offset);
+      this.image.l2Cache.markClean(offset);
+    }
+    // Freed clusters may be reused from here on: stop packing compressed streams into a cluster being freed.
+    if (this.pendingFrees.length > 0) this.compressedCursor = 0;
+    while (this.pendingFrees.length > 0) {
+      const { cluster, count } = this.pendingFrees.shift()!;
+      await this.refcounts.free(cluster * this.clusterSize, count);
+    }
+    await this.refcounts.flush();
+  }
+
+  /** Metadata written back and everything on stable storage. */
+  async flush(): Promise<void> {
+    await this.writeBackMetadata();
+    await this.image.dataStorage.flush();
+    if (this.image.dataStorage !== this.image.storage) await this.image.storage.flush();
+  }
+}

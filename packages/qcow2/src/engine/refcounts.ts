@@ -1,0 +1,351 @@
+import { Qcow2Error } from '../errors.js';
+import { getRefcount, maxRefcount, refcountEntriesPerBlock, setRefcount } from '../format/refcount-block.js';
+import { readU64, viewOf, writeU64 } from '../format/struct.js';
+import type { Storage } from '../io/storage.js';
+import type { ImageLayout } from './image-layout.js';
+
+interface RefcountBlock {
+  bytes: Uint8Array;
+  view: DataView;
+  dirty: boolean;
+}
+
+/** Writes the header's refcount table fields (offset and size in clusters) in one write. */
+export type RefcountTableHeaderWriter = (tableOffset: number, tableClusters: number) => Promise<void>;
+
+const CLEAN_BLOCK_CACHE_LIMIT = 256;
+
+/**
+ * The refcount table and blocks of one image: reads, updates, and cluster allocation. Updates stay in memory
+ * (dirty blocks) until flush(), which the image calls before it writes any L2 or L1 change that points at the
+ * clusters counted: refcount before pointer, so a crash can only leak. Structures grow self-describing: a new
+ * refcount block is placed inside the range it covers and counts itself; a new table comes with the blocks that
+ * count it, and the header switches to it last.
+ */
+export class Refcounts {
+  private readonly blocks = new Map<number, RefcountBlock>();
+  /** First cluster that may be free: allocation scans from here (qemu's free_cluster_index). */
+  private freeHint = 0;
+  /**
+   * Where runs of several clusters are searched from: just past the last run allocated, or an earlier freed
+   * cluster. Without it, one small free hole (an old refcount table) would make every run search rescan the file.
+   */
+  private runHint = 0;
+  readonly entriesPerBlock: number;
+  readonly max: number;
+
+  private constructor(
+    private readonly storage: Storage,
+    private readonly layout: ImageLayout,
+    private table: number[],
+    private tableOffset: number,
+    private tableClusters: number,
+    private readonly writeTableHeader: RefcountTableHeaderWriter,
+  ) {
+    this.entriesPerBlock = refcountEntriesPerBlock(layout.clusterSize, layout.refcountBits);
+    this.max = maxRefcount(layout.refcountBits);
+  }
+
+  static async load(
+    storage: Storage,
+    layout: ImageLayout,
+    tableOffset: number,
+    tableClusters: number,
+    writeTableHeader: RefcountTableHeaderWriter,
+  ): Promise<Refcounts> {
+    const bytes = new Uint8Array(tableClusters * layout.clusterSize);
+    await storage.read(bytes, tableOffset);
+    const view = viewOf(bytes);
+    const table: number[] = [];
+    for (let i = 0; i < bytes.length / 8; i++) {
+      const entry = readU64(view, i * 8, 'refcount table entry');
+      // Bits 0..8 are reserved; the block offset is cluster aligned.
+      const blockOffset = entry - (entry % 512);
+      if (blockOffset % layout.clusterSize !== 0) {
+        throw new Qcow2Error('MISALIGNED_OFFSET', `refcount block offset 0x${blockOffset.toString(16)} is not cluster aligned`);
+      }
+      table.push(blockOffset);
+    }
+    return new Refcounts(storage, layout, table, tableOffset, tableClusters, writeTableHeader);
+  }
+
+  get refcountTableOffset(): number {
+    return this.tableOffset;
+  }
+  get refcountTableClusters(): number {
+    return this.tableClusters;
+  }
+  /** Refcount block offsets by block index (0 = none). */
+  get blockOffsets(): readonly number[] {
+    return this.table;
+  }
+
+  private async block(blockIndex: number): Promise<RefcountBlock | undefined> {
+    const offset = this.table[blockIndex] ?? 0;
+    if (offset === 0) return undefined;
+    let block = this.blocks.get(blockIndex);
+    if (block === undefined) {
+      const bytes = new Uint8Array(this.layout.clusterSize);
+      await this.storage.read(bytes, offset);
+      block = { bytes, view: viewOf(bytes), dirty: false };
+      this.evictClean();
+      this.blocks.set(blockIndex, block);
+    }
+    return block;
+  }
+
+  private evictClean(): void {
+    if (this.blocks.size < CLEAN_BLOCK_CACHE_LIMIT) return;
+    for (const [index, block] of this.blocks) {
+      if (!block.dirty) {
+        this.blocks.delete(index);
+        if (this.blocks.size < CLEAN_BLOCK_CACHE_LIMIT) return;
+      }
+    }
+  }
+
+  async get(cluster: number): Promise<number> {
+    const block = await this.block(Math.floor(cluster / this.entriesPerBlock));
+    return block === undefined ? 0 : getRefcount(block.view, cluster % this.entriesPerBlock, this.layout.refcountBits);
+  }
+
+  /** Adds `delta` to the refcount of `count` clusters from `cluster`; blocks missing for increases are created. */
+  async adjust(cluster: number, count: number, delta: number): Promise<void> {
+    if (delta > 0) {
+      const missing = this.missingBlocks(cluster, count);
+      if (missing.length > 0) {
+        await this.claim(cluster, count, delta);
+        return;
+      }
+    }
+    await this.adjustExisting(cluster, count, delta);
+  }
+
+  /** Block indexes covering [cluster, cluster+count) that have no refcount block. */
+  private missingBlocks(cluster: number, count: number): number[] {
+    const missing: number[] = [];
+    const first = Math.floor(cluster / this.entriesPerBlock);
+    const last = Math.floor((cluster + count - 1) / this.entriesPerBlock);
+    for (let b = first; b <= last; b++) if ((this.table[b] ?? 0) === 0) missing.push(b);
+    return missing;
+  }
+
+  private async adjustExisting(cluster: number, count: number, delta: number): Promise<void> {
+    for (let c = cluster; c < cluster + count; c++) {
+      const block = await this.block(Math.floor(c / this.entriesPerBlock));
+      if (block === undefined) throw new Qcow2Error('BAD_HEADER', `cluster ${c} has no refcount block`);
+      const index = c % this.entriesPerBlock;
+      const value = getRefcount(block.view, index, this.layout.refcountBits) + delta;
+      if (value < 0) throw new Qcow2Error('BAD_HEADER', `refcount of cluster ${c} would drop below zero`);
+      if (value > this.max) throw new Qcow2Error('BAD_ARGUMENT', `refcount of cluster ${c} would overflow ${this.layout.refcountBits} bits`);
+      setRefcount(block.view, index, this.layout.refcountBits, value);
+      block.dirty = true;
+      if (value === 0) {
+        this.freeHint = Math.min(this.freeHint, c);
+        this.runHint = Math.min(this.runHint, c);
+      }
+    }
+  }
+
+  /** Whether cluster `c` is free: no block for its range, or refcount 0. */
+  private async isFree(c: number): Promise<boolean> {
+    return (this.table[Math.floor(c / this.entriesPerBlock)] ?? 0) === 0 || (await this.get(c)) === 0;
+  }
+
+  /**
+   * Index of the first run of `count` free clusters at or after the free hint. The scan also moves the free hint
+   * to the first free cluster it met, since everything before that is in use (as qemu's scan does).
+   */
+  private async findFree(count: number): Promise<number> {
+    const from = count > 1 ? Math.max(this.freeHint, this.runHint) : this.freeHint;
+    let start = from;
+    let run = 0;
+    let firstFree = -1;
+    for (let c = from; ; c++) {
+      const blockIndex = Math.floor(c / this.entriesPerBlock);
+      const wholeRangeFree = (this.table[blockIndex] ?? 0) === 0 && c % this.entriesPerBlock === 0;
+      const free = wholeRangeFree || (await this.isFree(c));
+      if (free && firstFree < 0) firstFree = c;
+      if (!free) {
+        run = 0;
+        continue;
+      }
+      if (run === 0) start = c;
+      if (wholeRangeFree) {
+        // A whole block range without a block is free: step over it at once.
+        run += this.entriesPerBlock;
+        c += this.entriesPerBlock - 1;
+      } else {
+        run++;
+      }
+      if (run >= count) {
+        if (from === this.freeHint) this.freeHint = firstFree;
+        return start;
+      }
+    }
+  }
+
+  /**
+   * Allocates `count` contiguous clusters with refcount 1 and returns the host offset of the first. Their
+   * refcounts are in dirty blocks: flush() before writing a pointer to them.
+   */
+  async allocate(count: number): Promise<number> {
+    const start = await this.findFree(count);
+    await this.adjust(start, count, 1);
+    if (start <= this.freeHint) this.freeHint = start + count;
+    if (count > 1) this.runHint = start + count;
+    return start * this.layout.clusterSize;
+  }
+
+  /** Drops one reference from `count` clusters at `offset` (freed clusters become allocatable again). */
+  async free(offset: number, count: number): Promise<void> {
+    await this.adjust(offset / this.layout.clusterSize, count, -1);
+  }
+
+  /**
+   * Adds `delta` to clusters [start, start+count) where some covering refcount blocks are missing. The new
+   * blocks go to the first free clusters after the run (so the run stays contiguous), and every new block
+   * counts the claimed clusters and new blocks in its own range, itself included. Blocks are written before
+   * the table entries that point at them.
+   */
+  private async claim(start: number, count: number, delta: number): Promise<void> {
+    const marked = new Map<number, number>(); // cluster -> refcount to add
+    for (let c = start; c < start + count; c++) marked.set(c, delta);
+    const newBlocks = new Map<number, number>(); // block index -> cluster it is placed at
+    let next = start + count;
+    const pending = this.missingBlocks(start, count);
+    while (pending.length > 0) {
+      const b = pending.shift()!;
+      if (newBlocks.has(b)) continue;
+      while (marked.has(next) || !(await this.isFree(next))) next++;
+      newBlocks.set(b, next);
+      marked.set(next, 1);
+      const ownBlock = Math.floor(next / this.entriesPerBlock);
+      if ((this.table[ownBlock] ?? 0) === 0 && !newBlocks.has(ownBlock)) pending.push(ownBlock);
+    }
+    const maxBlock = Math.max(...newBlocks.keys());
+    if (maxBlock >= this.table.length) {
+      // The table must grow first; it may create some of these blocks itself. Then start over. The new table
+      // must not land on the run being claimed, which still reads as free: search after it.
+      const hint = this.freeHint;
+      this.freeHint = Math.max(hint, start + count);
+      await this.growTable(maxBlock);
+      this.freeHint = Math.min(this.freeHint, hint);
+      await this.adjust(start, count, delta);
+      return;
+    }
+    const fresh = new Map<number, RefcountBlock>();
+    for (const b of newBlocks.keys()) {
+      const bytes = new Uint8Array(this.layout.clusterSize);
+      fresh.set(b, { bytes, view: viewOf(bytes), dirty: false });
+    }
+    for (const [c, add] of marked) {
+      const b = Math.floor(c / this.entriesPerBlock);
+      const block = fresh.get(b);
+      if (block !== undefined) setRefcount(block.view, c % this.entriesPerBlock, this.layout.refcountBits, add);
+      else await this.adjustExisting(c, 1, add);
+    }
+    // Increases in existing blocks and the new blocks reach the file before any pointer to them.
+    await this.flush();
+    for (const [b, block] of fresh) await this.storage.write(block.bytes, newBlocks.get(b)! * this.layout.clusterSize);
+    for (const [b, place] of newBlocks) {
+      await this.writeTableEntry(b, place * this.layout.clusterSize);
+      this.blocks.set(b, fresh.get(b)!);
+    }
+  }
+
+  private async writeTableEntry(blockIndex: number, offset: number): Promise<void> {
+    const entry = new Uint8Array(8);
+    writeU64(viewOf(entry), 0, offset);
+    await this.storage.write(entry, this.tableOffset + blockIndex * 8);
+    this.table[blockIndex] = offset;
+  }
+
+  /**
+   * Moves the refcount table to a larger one at the first free run of clusters. The new table's clusters and any
+   * new blocks that count them are counted before the header points at the table; the old table is freed last.
+   */
+  private async growTable(neededBlockIndex: number): Promise<void> {
+    const { clusterSize } = this.layout;
+    let entries = Math.max(neededBlockIndex + 1, Math.ceil(this.table.length * 1.5));
+    for (;;) {
+      const tableClusters = Math.ceil((entries * 8) / clusterSize);
+      if (tableClusters * clusterSize > 8 * 1024 * 1024) {
+        throw new Qcow2Error('REFCOUNT_TABLE_TOO_LARGE', 'the refcount table would exceed 8 MiB: image too large for this cluster size');
+      }
+      const tableStart = await this.findFree(tableClusters);
+      // findFree only knows the blocks that exist; a table placed in a range without a block is fine (a new
+      // block will count it), but the new blocks must not land on clusters already in use.
+      const marked = new Set<number>();
+      for (let c = tableStart; c < tableStart + tableClusters; c++) marked.add(c);
+      // New blocks for every marked cluster whose range has none; each new block is marked too (fixpoint).
+      const newBlocks = new Map<number, number>();
+      const pending = [...marked];
+      while (pending.length > 0) {
+        const c = pending.pop()!;
+        const b = Math.floor(c / this.entriesPerBlock);
+        if ((this.table[b] ?? 0) !== 0 || newBlocks.has(b)) continue;
+        // Not before the free hint: a caller claiming a run may have moved the hint past it.
+        let place = Math.max(b * this.entriesPerBlock, this.freeHint);
+        while (marked.has(place) || !(await this.isFree(place))) place++;
+        newBlocks.set(b, place);
+        marked.add(place);
+        pending.push(place);
+      }
+      const maxBlock = Math.max(neededBlockIndex, ...newBlocks.keys());
+      if (maxBlock >= entries) {
+        entries = maxBlock + 1 + Math.ceil(entries / 2);
+        continue;
+      }
+      // 1. New blocks, each counting the marked clusters in its range.
+      const fresh = new Map<number, RefcountBlock>();
+      for (const [b, place] of newBlocks) {
+        const bytes = new Uint8Array(clusterSize);
+        fresh.set(b, { bytes, view: viewOf(bytes), dirty: false });
+        void place;
+      }
+      for (const c of marked) {
+        const b = Math.floor(c / this.entriesPerBlock);
+        const block = fresh.get(b);
+        if (block !== undefined) setRefcount(block.view, c % this.entriesPerBlock, this.layout.refcountBits, 1);
+        else await this.adjustExisting(c, 1, 1);
+      }
+      for (const [b, block] of fresh) await this.storage.write(block.bytes, newBlocks.get(b)! * clusterSize);
+      await this.flush();
+      // 2. The new table: old entries plus the new blocks.
+      const table = [...this.table];
+      while (table.length < tableClusters * (clusterSize / 8)) table.push(0);
+      for (const [b, place] of newBlocks) table[b] = place * clusterSize;
+      const tableBytes = new Uint8Array(tableClusters * clusterSize);
+      const view = viewOf(tableBytes);
+      table.forEach((offset, i) => writeU64(view, i * 8, offset));
+      const newTableOffset = tableStart * clusterSize;
+      await this.storage.write(tableBytes, newTableOffset);
+      await this.storage.flush();
+      // 3. Switch the header, then free the old table.
+      await this.writeTableHeader(newTableOffset, tableClusters);
+      const oldOffset = this.tableOffset;
+      const oldClusters = this.tableClusters;
+      this.table = table;
+      this.tableOffset = newTableOffset;
+      this.tableClusters = tableClusters;
+      for (const [b, block] of fresh) this.blocks.set(b, block);
+      await this.free(oldOffset, oldClusters);
+      return;
+    }
+  }
+
+  /** Writes every dirty refcount block. */
+  async flush(): Promise<void> {
+    for (const [index, block] of this.blocks) {
+      if (!block.dirty) continue;
+      await this.storage.write(block.bytes, this.table[index]!);
+      block.dirty = false;
+    }
+  }
+
+  get hasDirtyBlocks(): boolean {
+    for (const block of this.blocks.values()) if (block.dirty) return true;
+    return false;
+  }
+}
