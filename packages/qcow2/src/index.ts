@@ -42,3 +42,4 @@ export {
 export { createQcow2, type CreateQcow2Options, type Preallocation } from './engine/create-image.js';
 export { Qcow2Writer, type BelowReader } from './engine/image-writer.js';
 export { Refcounts } from './engine/refcounts.js';
+export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from './ops/convert-to-qcow2.js';

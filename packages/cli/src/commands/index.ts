@@ -1,11 +1,13 @@
 import type { Command } from 'commander';
 import { registerCompare } from './compare.js';
 import { registerConvert } from './convert.js';
+import { registerCreate } from './create.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
 import { registerSnapshot } from './snapshot.js';
 
 export function registerCommands(program: Command): void {
+  registerCreate(program);
   registerInfo(program);
   registerMap(program);
   registerCompare(program);

@@ -57,10 +57,18 @@ export class Qcow2Device implements BlockDevice {
     await this.writer?.flush();
   }
 
-  /** A read-only view of the disk as it was when `snapshot` was taken, over the same backing device. */
+  async preallocate(mode: 'metadata' | 'falloc' | 'full'): Promise<void> {
+    await this.requireWriter().preallocate(mode);
+  }
+
+  /**
+   * A read-only view of the disk as it was when `snapshot` was taken, over the same backing device. Its size is
+   * the image's current virtual size, as qemu-img convert -l gives it (a snapshot taken before the disk grew
+   * reads as zeros past its own disk size, which snapshot.diskSize still records).
+   */
   async snapshotView(snapshot: SnapshotEntry): Promise<Qcow2Device> {
     const l1 = await this.image.snapshotL1(snapshot);
-    return new Qcow2Device(this.filename, this.image, this.backing, l1, snapshot.diskSize ?? this.image.virtualSize, snapshot);
+    return new Qcow2Device(this.filename, this.image, this.backing, l1, this.image.virtualSize, snapshot);
   }
 
   async read(buffer: Uint8Array, offset: number): Promise<void> {
@@ -100,21 +108,29 @@ export class Qcow2Device implements BlockDevice {
           );
           break;
         case SegmentKind.Unallocated:
-          await this.backingExtents(out, seg.guestOffset, seg.length);
+          await this.backingExtents(out, seg.guestOffset, seg.length, seg.hostOffset);
           break;
       }
     }
     return out;
   }
 
-  private async backingExtents(out: Extent[], offset: number, length: number): Promise<void> {
+  private async backingExtents(out: Extent[], offset: number, length: number, hostOffset: number): Promise<void> {
     const backing = this.backing;
     const inBacking = backing === undefined ? 0 : Math.max(0, Math.min(length, backing.size - offset));
     if (inBacking > 0) {
       for (const extent of await backing!.extents(offset, inBacking)) pushExtent(out, { ...extent, depth: extent.depth + 1 });
     }
-    // Past the backing file's end (or with none), this layer answers: nothing allocated.
-    if (inBacking < length) pushExtent(out, { offset: offset + inBacking, length: length - inBacking, kind: 'unallocated', depth: 0 });
+    // Past the backing file's end (or with none), this layer answers: nothing allocated (though a cluster may be
+    // reserved for it, as extended L2 preallocation does).
+    if (inBacking < length) {
+      const rest: Extent = { offset: offset + inBacking, length: length - inBacking, kind: 'unallocated', depth: 0 };
+      if (hostOffset >= 0) {
+        rest.hostOffset = hostOffset + inBacking;
+        rest.hostFile = this.image.dataStorage.name;
+      }
+      pushExtent(out, rest);
+    }
   }
 
   /** Closes the image and the chain below it; a snapshot view shares them, so close either, once. */

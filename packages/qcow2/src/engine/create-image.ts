@@ -154,7 +154,8 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
   const l1Clusters = Math.max(1, Math.ceil((header.l1Size * 8) / clusterSize));
   header.l1TableOffset = await refcounts.allocate(l1Clusters);
   await refcounts.flush();
-  const end = Math.max(await storage.size(), header.l1TableOffset + l1Clusters * clusterSize);
+  // Like qemu, the file ends where the L1 table's entries end (later allocations still go by refcounts).
+  const end = Math.max(await storage.size(), header.l1TableOffset + Math.max(header.l1Size * 8, 1));
   await storage.truncate(end);
   await storage.write(encodeHeader(header), 0);
   await storage.flush();

@@ -313,6 +313,44 @@ export class Qcow2Writer {
     return offset;
   }
 
+  /**
+   * Maps every guest cluster to a host cluster (qemu-img create -o preallocation=…): metadata only allocates and
+   * maps them (with extended L2 the subclusters stay unallocated, as qemu does); falloc and full also write the
+   * clusters' bytes as zeros, so the file really holds them (Node offers no fallocate).
+   */
+  async preallocate(mode: 'metadata' | 'falloc' | 'full'): Promise<void> {
+    const { clusterSize, l2Entries, l2EntryBytes, l2Coverage, extendedL2, externalDataFile } = this.image.layout;
+    const size = this.image.virtualSize;
+    const clusters = Math.ceil(size / clusterSize);
+    for (let l1Index = 0; l1Index * l2Coverage < size; l1Index++) {
+      const l2Offset = await this.l2ForWrite(l1Index);
+      const table = await this.image.l2Table(l2Offset);
+      this.image.l2Cache.markDirty(l2Offset);
+      const view = viewOf(table);
+      const first = l1Index * l2Entries;
+      const count = Math.min(l2Entries, clusters - first);
+      const host = externalDataFile ? first * clusterSize : await this.refcounts.allocate(count);
+      for (let i = 0; i < count; i++) {
+        const at = i * l2EntryBytes;
+        if (view.getUint32(at) !== 0 || view.getUint32(at + 4) !== 0) continue;
+        const clusterHost = host + i * clusterSize;
+        view.setUint32(at, (COPIED_HI | Math.floor(clusterHost / 0x100000000)) >>> 0);
+        view.setUint32(at + 4, clusterHost >>> 0);
+        if (extendedL2 && mode !== 'metadata') view.setUint32(at + 12, FULL_SUBCLUSTER_BITMAP);
+      }
+      const end = host + count * clusterSize;
+      if (mode === 'metadata') {
+        if (end > (await this.image.dataStorage.size())) await this.image.dataStorage.truncate(end);
+      } else {
+        const zeros = new Uint8Array(Math.min(count * clusterSize, 4 * 1024 * 1024));
+        for (let at = host; at < end; at += zeros.length) await this.image.dataStorage.write(zeros.subarray(0, Math.min(zeros.length, end - at)), at);
+      }
+      this.updateFileSize(externalDataFile ? 0 : end);
+      if (this.image.l2Cache.full) await this.writeBackMetadata();
+    }
+    await this.flush();
+  }
+
   private updateFileSize(end = 0): void {
     if (end > this.image.fileSize) this.image.fileSize = end;
   }

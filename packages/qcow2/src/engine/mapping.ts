@@ -98,7 +98,8 @@ export async function mapGuestRange(
             const inCluster = pos - clusterStart;
             if ((allocBits & bit) !== 0) pushSegment(out, segment(pos, subEnd - pos, SegmentKind.Data, host + inCluster));
             else if ((zeroBits & bit) !== 0) pushSegment(out, segment(pos, subEnd - pos, SegmentKind.Zero, allocated ? host + inCluster : -1));
-            else pushSegment(out, segment(pos, subEnd - pos, SegmentKind.Unallocated));
+            // An unallocated subcluster of an allocated cluster still has a host offset (qemu's map shows it).
+            else pushSegment(out, segment(pos, subEnd - pos, SegmentKind.Unallocated, allocated ? host + inCluster : -1));
             pos = subEnd;
             sub++;
           }

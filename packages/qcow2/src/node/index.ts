@@ -8,6 +8,7 @@ import { nodeHostFiles } from './node-host-files.js';
 export { FileStorage } from './file-storage.js';
 export { nodeHostFiles } from './node-host-files.js';
 export { nodeCodecs } from './node-codecs.js';
+export { clusterCompressor } from './cluster-compressor.js';
 
 /** Opens an image file and its chain with Node's file system and codecs. */
 export function openImageFile(

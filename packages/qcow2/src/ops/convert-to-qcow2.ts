@@ -1,0 +1,76 @@
+import type { BlockDevice } from '../device/block-device.js';
+import type { Qcow2Device } from '../device/qcow2-device.js';
+import { alignedDataRanges } from './aligned-ranges.js';
+import { isZero } from './zero-detect.js';
+
+/** Compresses one cluster; returns undefined when compression does not make it smaller than a cluster. */
+export type ClusterCompressor = (cluster: Uint8Array) => Promise<Uint8Array | undefined>;
+
+export interface ConvertToQcow2Options {
+  /** Write compressed clusters (qemu-img convert -c) with this compressor. */
+  compress?: ClusterCompressor;
+  onProgress?: (done: number, total: number) => void;
+}
+
+const CHUNK = 4 * 1024 * 1024;
+
+/**
+ * Copies the guest contents of `source` into `target` (a fresh, writable qcow2 of the same size). Only source
+ * extents holding data are read; target clusters that are all zeros are left unallocated (qemu-img's default
+ * -S 4k never allocates a zero cluster in a qcow2 target). Runs of non-zero clusters become single writes, so
+ * the writer allocates them contiguously; the next chunk is read while the previous one is written.
+ */
+export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, options: ConvertToQcow2Options = {}): Promise<void> {
+  const clusterSize = target.image.clusterSize;
+  const chunkSize = Math.max(CHUNK, clusterSize);
+  const total = source.size;
+  const buffers = [new Uint8Array(chunkSize), new Uint8Array(chunkSize)];
+  let turn = 0;
+  let pendingWrite: Promise<void> = Promise.resolve();
+  for await (const range of alignedDataRanges(source, clusterSize)) {
+    const end = range.offset + range.length;
+    for (let pos = range.offset; pos < end; pos += chunkSize) {
+      const chunk = buffers[turn]!.subarray(0, Math.min(chunkSize, end - pos));
+      turn ^= 1;
+      await source.read(chunk, pos);
+      await pendingWrite;
+      pendingWrite = options.compress === undefined ? writeNonZeroClusters(target, chunk, pos, clusterSize) : writeCompressedClusters(target, chunk, pos, clusterSize, options.compress);
+      options.onProgress?.(pos + chunk.length, total);
+    }
+  }
+  await pendingWrite;
+  await target.flush();
+  options.onProgress?.(total, total);
+}
+
+async function writeNonZeroClusters(target: Qcow2Device, chunk: Uint8Array, offset: number, clusterSize: number): Promise<void> {
+  let runStart = -1;
+  for (let pos = 0; pos < chunk.length; pos += clusterSize) {
+    const zero = isZero(chunk.subarray(pos, pos + clusterSize));
+    if (!zero && runStart < 0) runStart = pos;
+    if (zero && runStart >= 0) {
+      await target.write(chunk.subarray(runStart, pos), offset + runStart);
+      runStart = -1;
+    }
+  }
+  if (runStart >= 0) await target.write(chunk.subarray(runStart), offset + runStart);
+}
+
+async function writeCompressedClusters(target: Qcow2Device, chunk: Uint8Array, offset: number, clusterSize: number, compress: ClusterCompressor): Promise<void> {
+  // Compress every cluster of the chunk at once (a pooled compressor runs them in parallel), then store in order.
+  const clusters: Array<{ at: number; data: Uint8Array }> = [];
+  for (let pos = 0; pos < chunk.length; pos += clusterSize) {
+    const data = chunk.subarray(pos, pos + clusterSize);
+    if (!isZero(data)) clusters.push({ at: pos, data });
+  }
+  const compressed = await Promise.all(
+    clusters.map(({ data }) => (data.length === clusterSize ? compress(data) : Promise.resolve(undefined))),
+  );
+  for (let i = 0; i < clusters.length; i++) {
+    const { at, data } = clusters[i]!;
+    const stored = compressed[i];
+    // A cluster that does not shrink (or the short last cluster of the disk) is stored uncompressed, as qemu does.
+    if (stored === undefined) await target.write(data, offset + at);
+    else await target.writeCompressed(offset + at, stored);
+  }
+}
