@@ -1,18 +1,22 @@
 import type { Command } from 'commander';
-import { Qcow2Device, convertToRaw, type BlockDevice } from '@qcowkit/qcow2';
-import { FileStorage } from '@qcowkit/qcow2/node';
+import { Qcow2Device, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2';
+import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
+import { parseImageOptions } from '../output/image-options.js';
 import { progressPrinter } from '../output/progress.js';
 import { parseSize } from '../output/sizes.js';
-import { openForReading, withDevice } from './open.js';
+import { openForReading, parseFormatFlag, withDevice } from './open.js';
 
 interface ConvertFlags {
   format?: string;
   outputFormat?: string;
+  options?: string;
+  compress?: boolean;
   snapshot?: string;
   snapshotOption?: string;
   sparseSize?: string;
   progress?: boolean;
+  quiet?: boolean;
   untrusted?: boolean;
 }
 
@@ -32,33 +36,61 @@ async function snapshotView(device: BlockDevice, selector: string, filename: str
   return device.snapshotView(snapshot);
 }
 
+async function convertIntoQcow2(source: BlockDevice, outputFilename: string, flags: ConvertFlags, onProgress: (done: number, total: number) => void): Promise<void> {
+  const options = parseImageOptions(flags.options, 'qcow2');
+  if (options.qcow2.backingFile !== undefined) throw new CommandError('backing_file in -o is not supported by convert yet');
+  const storage = await FileStorage.open(outputFilename, { create: true });
+  try {
+    await createQcow2(storage, { ...options.qcow2, size: source.size });
+  } finally {
+    await storage.close();
+  }
+  const target = await openImageFile(outputFilename, { format: 'qcow2', writable: true });
+  await withDevice(target, async () => {
+    if (!(target instanceof Qcow2Device)) throw new CommandError('internal: output is not qcow2');
+    if (options.preallocation !== 'off') await target.preallocate(options.preallocation);
+    const compress = flags.compress ? clusterCompressor(options.qcow2.compressionType ?? 'zlib', target.image.clusterSize) : undefined;
+    await convertToQcow2(source, target, { ...(compress === undefined ? {} : { compress }), onProgress });
+  });
+}
+
 export function registerConvert(program: Command): void {
   program
     .command('convert')
-    .description('convert an image (raw output for now; qcow2 output comes with the write path)')
+    .description('convert an image (raw, qcow2, a chain, or a snapshot of one) into a standalone raw or qcow2 image')
     .argument('<filename>')
     .argument('<output_filename>')
     .option('-f, --format <fmt>', 'source format')
-    .requiredOption('-O, --output-format <fmt>', 'output format')
+    .requiredOption('-O, --output-format <fmt>', 'output format (raw or qcow2)')
+    .option('-o, --options <options>', 'output format options (cluster_size, refcount_bits, compat, compression_type, …)')
+    .option('-c, --compress', 'write compressed clusters (qcow2 output)')
     .option('-s, --snapshot <id_or_name>', 'convert the disk as it was at this internal snapshot')
     .option('-l, --snapshot-option <snapshot.name=NAME>', 'convert the disk as it was at this internal snapshot')
     .option('-S, --sparse-size <size>', 'minimum zero run left as a hole (default 4k; 0 writes everything)', '4k')
     .option('-p, --progress', 'show progress')
+    .option('-q, --quiet', 'quiet mode')
     .option('-U, --force-share', 'open the source even if in use (always: qcowkit takes no locks)')
     .option('--untrusted', 'refuse backing and data file references of the source')
     .action(async (filename: string, outputFilename: string, flags: ConvertFlags) => {
-      if (flags.outputFormat !== 'raw') throw new CommandError(`output format '${flags.outputFormat}' is not supported yet (use -O raw)`);
+      const outputFormat = parseFormatFlag(flags.outputFormat);
+      if (outputFormat === undefined) throw new CommandError('-O is required');
+      if (flags.compress && outputFormat !== 'qcow2') throw new CommandError("Compression not supported for this file format");
       const sparseSize = parseSize(flags.sparseSize ?? '4k');
       const source = await openForReading(filename, flags);
       await withDevice(source, async () => {
         const selector = snapshotSelector(flags);
         const view = selector === undefined ? source : await snapshotView(source, selector, filename);
-        const target = await FileStorage.open(outputFilename, { create: true });
-        const progress = progressPrinter(flags.progress === true);
-        try {
-          await convertToRaw(view, target, { sparseSize, onProgress: progress.update });
-        } finally {
-          await target.close();
+        const progress = progressPrinter(flags.progress === true && !flags.quiet);
+        if (outputFormat === 'qcow2') {
+          await convertIntoQcow2(view, outputFilename, flags, progress.update);
+        } else {
+          if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');
+          const target = await FileStorage.open(outputFilename, { create: true });
+          try {
+            await convertToRaw(view, target, { sparseSize, onProgress: progress.update });
+          } finally {
+            await target.close();
+          }
         }
         progress.finish();
       });
