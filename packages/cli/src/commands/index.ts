@@ -3,6 +3,7 @@ import { registerCompare } from './compare.js';
 import { registerConvert } from './convert.js';
 import { registerCreate } from './create.js';
 import { registerInfo } from './info.js';
+import { registerIo } from './io.js';
 import { registerMap } from './map.js';
 import { registerSnapshot } from './snapshot.js';
 
@@ -13,4 +14,5 @@ export function registerCommands(program: Command): void {
   registerCompare(program);
   registerConvert(program);
   registerSnapshot(program);
+  registerIo(program);
 }

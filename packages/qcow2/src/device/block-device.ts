@@ -64,6 +64,10 @@ export function pushExtent(out: Extent[], extent: Extent): void {
 /** A device that can be written: the top image of a chain opened for writing. */
 export interface WritableBlockDevice extends BlockDevice {
   write(buffer: Uint8Array, offset: number): Promise<void>;
+  /** Make a range read as zeros; `unmap` allows deallocating it. */
+  writeZeroes(offset: number, length: number, options?: { unmap?: boolean }): Promise<void>;
+  /** Drop whole clusters of a range (contents become unspecified but stable, as qemu's discard). */
+  discard(offset: number, length: number): Promise<void>;
   /** Metadata written back and data on stable storage. */
   flush(): Promise<void>;
 }

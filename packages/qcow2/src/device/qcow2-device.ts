@@ -47,6 +47,23 @@ export class Qcow2Device implements BlockDevice {
     await this.requireWriter().write(offset, buffer, (dest, at) => this.readBacking(dest, at));
   }
 
+  /** Makes a range read as zeros (qemu-io write -z; -u lets whole clusters be deallocated). */
+  async writeZeroes(offset: number, length: number, options: { unmap?: boolean } = {}): Promise<void> {
+    checkRange(this, offset, length);
+    await this.requireWriter().writeZeroes(offset, length, (dest, at) => this.readBacking(dest, at), {
+      unmap: options.unmap ?? false,
+      hasBacking: this.backing !== undefined || this.image.backingFile !== undefined,
+    });
+  }
+
+  /** Discards whole clusters in a range (qemu-io discard). */
+  async discard(offset: number, length: number): Promise<void> {
+    checkRange(this, offset, length);
+    await this.requireWriter().discard(offset, length, (dest, at) => this.readBacking(dest, at), {
+      hasBacking: this.backing !== undefined || this.image.backingFile !== undefined,
+    });
+  }
+
   /** Stores an already compressed cluster at cluster-aligned guest `offset` (convert -c). */
   async writeCompressed(offset: number, stored: Uint8Array): Promise<void> {
     checkRange(this, offset, Math.min(this.image.clusterSize, this.size - offset));

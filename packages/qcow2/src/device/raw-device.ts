@@ -41,6 +41,19 @@ export class RawDevice implements BlockDevice {
     await this.storage.write(buffer, offset);
   }
 
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    checkRange(this, offset, length);
+    const zeros = new Uint8Array(Math.min(length, 4 * 1024 * 1024));
+    for (let at = offset; at < offset + length; at += zeros.length) {
+      await this.storage.write(zeros.subarray(0, Math.min(zeros.length, offset + length - at)), at);
+    }
+  }
+
+  /** Discard on a raw file is advisory; without hole punching it keeps the data, which discard allows. */
+  async discard(offset: number, length: number): Promise<void> {
+    checkRange(this, offset, length);
+  }
+
   async flush(): Promise<void> {
     await this.storage.flush();
   }

@@ -292,6 +292,8 @@ export class Qcow2Writer {
   private async allocateBytes(size: number): Promise<number> {
     const { clusterSize } = this;
     let offset = this.compressedCursor;
+    // A cluster whose refcount is already at the maximum (1-bit refcounts) takes no more streams.
+    if (offset !== 0 && (await this.refcounts.get(Math.floor(offset / clusterSize))) >= this.refcounts.max) offset = 0;
     if (offset !== 0 && offset % clusterSize !== 0) {
       const used = offset % clusterSize;
       const clusterStart = offset - used;
@@ -311,6 +313,113 @@ export class Qcow2Writer {
     }
     this.compressedCursor = offset + size;
     return offset;
+  }
+
+  /**
+   * Makes [offset, offset+length) read as zeros. Whole clusters get the zero flag (v3) or zero subcluster bits
+   * (extended L2) and keep their host cluster unless `unmap`; on v2, which has no zero flag, they are
+   * deallocated when nothing shows through from below, else written as zero bytes. Partial clusters are written
+   * as zero bytes.
+   */
+  async writeZeroes(offset: number, length: number, below: BelowReader, options: { unmap: boolean; hasBacking: boolean }): Promise<void> {
+    await this.zeroRange(offset, length, below, { ...options, discard: false });
+  }
+
+  /**
+   * Discards [offset, offset+length): whole clusters only, as qemu does; v3 keeps reading zeros (zero flag),
+   * v2 deallocates (the guest may then see the backing file, which discard allows).
+   */
+  async discard(offset: number, length: number, below: BelowReader, options: { hasBacking: boolean }): Promise<void> {
+    // v2 cannot say "zero" and deallocating would expose the backing file: qemu leaves the data (discard is a hint).
+    if (this.image.header.version === 2 && options.hasBacking) return;
+    await this.zeroRange(offset, length, below, { unmap: true, hasBacking: options.hasBacking, discard: true });
+  }
+
+  private async zeroRange(
+    offset: number,
+    length: number,
+    below: BelowReader,
+    options: { unmap: boolean; hasBacking: boolean; discard: boolean },
+  ): Promise<void> {
+    if (offset < 0 || offset + length > this.image.virtualSize) {
+      throw new Qcow2Error('OUT_OF_RANGE', `zero write [${offset}, ${offset + length}) outside the disk`, { file: this.image.name });
+    }
+    if (length === 0) return;
+    await this.beforeFirstWrite();
+    const { clusterSize, l2Coverage } = this.image.layout;
+    const end = offset + length;
+    // The last cluster counts as whole when the disk ends inside it.
+    const firstFull = Math.ceil(offset / clusterSize) * clusterSize;
+    const lastFull = end === this.image.virtualSize ? end : Math.floor(end / clusterSize) * clusterSize;
+    const v2 = this.image.header.version === 2;
+    if (firstFull >= lastFull) {
+      if (!options.discard) await this.write(offset, new Uint8Array(length), below);
+      return;
+    }
+    if (!options.discard) {
+      if (offset < firstFull) await this.write(offset, new Uint8Array(firstFull - offset), below);
+      if (lastFull < end) await this.write(lastFull, new Uint8Array(end - lastFull), below);
+      if (v2 && options.hasBacking) {
+        // No zero flag in v2: zeros must be stored, or the backing file would show through.
+        for (let pos = firstFull; pos < lastFull; pos += 4 * 1024 * 1024) {
+          await this.write(pos, new Uint8Array(Math.min(4 * 1024 * 1024, lastFull - pos)), below);
+        }
+        return;
+      }
+    }
+    for (let pos = firstFull; pos < lastFull; ) {
+      const l1Index = Math.floor(pos / l2Coverage);
+      const tableEnd = Math.min(lastFull, (l1Index + 1) * l2Coverage);
+      await this.zeroClustersInTable(l1Index, pos, tableEnd, options);
+      pos = tableEnd;
+    }
+    this.image.invalidateCompressedCache();
+    if (this.image.l2Cache.full) await this.writeBackMetadata();
+  }
+
+  /**
+   * Zeroes or discards whole clusters in one L2 table, as qemu's zero_in_l2_slice / discard_in_l2_slice do:
+   * a zero write keeps an allocated cluster (adding the zero flag) unless unmapping, and always drops compressed
+   * data; a discard drops the cluster and leaves the zero flag only where something could show through (a
+   * backing file) or where data was allocated.
+   */
+  private async zeroClustersInTable(
+    l1Index: number,
+    from: number,
+    to: number,
+    options: { unmap: boolean; hasBacking: boolean; discard: boolean },
+  ): Promise<void> {
+    const { clusterSize, clusterBits, l2EntryBytes, l2Entries, extendedL2, externalDataFile } = this.image.layout;
+    const v2 = this.image.header.version === 2;
+    const l1 = this.image.activeL1;
+    if (l1Index < l1.entries && v2 && entryHostOffset(l1.view.getUint32(l1Index * 8), l1.view.getUint32(l1Index * 8 + 4)) === 0) {
+      return; // v2 deallocation of a range with no L2 table: nothing to do.
+    }
+    const l2Offset = await this.l2ForWrite(l1Index);
+    const table = await this.image.l2Table(l2Offset);
+    this.image.l2Cache.markDirty(l2Offset);
+    const view = viewOf(table);
+    for (let cluster = from / clusterSize; cluster * clusterSize < to; cluster++) {
+      const at = (cluster % l2Entries) * l2EntryBytes;
+      const hi = view.getUint32(at);
+      const lo = view.getUint32(at + 4);
+      const host = entryHostOffset(hi, lo);
+      const copied = (hi & COPIED_HI) !== 0;
+      const compressed = (hi & COMPRESSED_HI) !== 0;
+      const allocated = !compressed && (host !== 0 || (externalDataFile && copied));
+      const keep = !options.discard && !options.unmap && !v2 && allocated;
+      const zero = !v2 && (!options.discard || options.hasBacking || allocated || compressed);
+      if (!keep) this.queueFreeOfEntry(hi, lo, clusterBits, externalDataFile);
+      // v3 standard entries carry the zero flag; extended L2 says it in the bitmap; v2 can only deallocate.
+      const newHi = keep ? hi : 0;
+      const newLo = (keep ? lo & 0xfffffe00 : 0) | (zero && !extendedL2 ? ZERO_LO : 0);
+      view.setUint32(at, newHi >>> 0);
+      view.setUint32(at + 4, newLo >>> 0);
+      if (extendedL2) {
+        view.setUint32(at + 8, zero ? FULL_SUBCLUSTER_BITMAP : 0);
+        view.setUint32(at + 12, 0);
+      }
+    }
   }
 
   /**
