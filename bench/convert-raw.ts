@@ -54,7 +54,7 @@ export const convertRaw: Benchmark = {
   name: 'convert-raw',
   title: 'convert -O raw (qcow2 -> sparse raw)',
   measures:
-    'Wall time of a whole `convert -O raw SRC DST` process, from spawn to exit, including startup and the final fsync. ' +
+    'Wall time of a whole `convert -O raw SRC DST` process, from spawn to exit, startup included (and the final flush of the output where the tool does one, see the note below). ' +
     'The source is a 2 GiB qcow2 image: about half incompressible data, a fifth written zeros (zero-flag clusters, ' +
     'zero-flag clusters that keep a host cluster, and ordinary clusters full of zero bytes), the rest unallocated. ' +
     'The compressed variant turns a fifth of the data into compressed clusters of text-like data (zlib). ' +

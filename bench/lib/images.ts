@@ -176,7 +176,7 @@ export function layoutShares(layout: readonly Segment[]): Record<SegmentKind, nu
 }
 
 export function mixedImage(name: string, params: MixedParams): ImageMaker<MixedParams> {
-  return { name, version: 1, params, build: buildMixed };
+  return { name, version: 2, params, build: buildMixed };
 }
 
 function buildMixed(path: string, p: MixedParams, log: (line: string) => void): ImageFacts {
@@ -209,7 +209,11 @@ function buildMixed(path: string, p: MixedParams, log: (line: string) => void): 
   for (const seg of layout) {
     if (seg.kind === 'zero-flag' || seg.kind === 'zero-alloc') commands.push(`write -q -z ${seg.offset} ${seg.length}`);
     else if (seg.kind === 'literal-zero') commands.push(`write -q -P 0 ${seg.offset} ${seg.length}`);
-    else if (seg.kind === 'compressed') commands.push(`write -q -c -s ${text} ${seg.offset} ${seg.length}`);
+    else if (seg.kind === 'compressed') {
+      // One cluster per command: qemu compresses the clusters of one request in parallel threads and places
+      // them in completion order, which would make the file layout (not the guest content) vary between builds.
+      for (let at = 0; at < seg.length; at += p.clusterSize) commands.push(`write -q -c -s ${text} ${seg.offset + at} ${p.clusterSize}`);
+    }
   }
   log(`    qemu-io: ${commands.length} writes ...`);
   try {
