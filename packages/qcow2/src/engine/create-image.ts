@@ -9,7 +9,7 @@ import {
   MIN_EXTENDED_L2_CLUSTER_BITS,
 } from '../format/constants.js';
 import { encodeStringExtension, type HeaderExtension } from '../format/header-extensions.js';
-import { encodeHeader, setBit, type Qcow2Header } from '../format/header.js';
+import { encodeHeader, encodedHeaderSize, setBit, type Qcow2Header } from '../format/header.js';
 import { setRefcount } from '../format/refcount-block.js';
 import { viewOf, writeU64 } from '../format/struct.js';
 import type { Storage } from '../io/storage.js';
@@ -130,6 +130,10 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
     extensions,
     backingFile: options.backingFile,
   };
+  // qemu leaves the feature name table out when it does not fit in cluster 0 (512-byte clusters).
+  if (version === 3 && encodedHeaderSize(header) > clusterSize) {
+    header.extensions = extensions.filter((e) => e.type !== HeaderExtensionType.FeatureNameTable);
+  }
   const layout = layoutOf(header);
   header.l1Size = Math.ceil(size / layout.l2Coverage);
   if (header.l1Size * 8 > MAX_L1_BYTES) fail('Image size is too large for this cluster size');

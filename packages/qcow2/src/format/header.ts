@@ -189,6 +189,12 @@ export function incompatibleFeatureName(bit: number, featureNames: { type: numbe
   return fromTable?.name ?? builtinIncompatibleNames[bit] ?? `unknown incompatible feature bit ${bit}`;
 }
 
+/** Bytes encodeHeader would produce: header, extensions with end marker, backing file name. */
+export function encodedHeaderSize(header: Qcow2Header): number {
+  const nameBytes = header.backingFile === undefined ? 0 : new TextEncoder().encode(header.backingFile).length;
+  return (header.version === 2 ? V2_HEADER_LENGTH : header.headerLength) + encodeHeaderExtensions(header.extensions).length + nameBytes;
+}
+
 /**
  * Encodes the header, extensions and backing file name into a new cluster-0 prefix. The backing file name is
  * placed right after the extensions (as qemu does) and header.backingFileOffset/Size are updated to match.
