@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
+import { useBlockingFileIo } from '@qcowkit/qcow2/node';
 import { registerCommands } from './commands/index.js';
 import { reportError } from './output/errors.js';
 
@@ -15,6 +16,8 @@ export function buildProgram(): Command {
 }
 
 async function main(argv: string[]): Promise<number> {
+  // One sequential job per process: blocking pread/pwrite beat round trips through the thread pool.
+  useBlockingFileIo(true);
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

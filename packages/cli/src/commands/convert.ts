@@ -17,6 +17,7 @@ interface ConvertFlags {
   sparseSize?: string;
   progress?: boolean;
   quiet?: boolean;
+  cache?: string;
   untrusted?: boolean;
 }
 
@@ -45,13 +46,22 @@ async function convertIntoQcow2(source: BlockDevice, outputFilename: string, fla
   } finally {
     await storage.close();
   }
-  const target = await openImageFile(outputFilename, { format: 'qcow2', writable: true });
+  const target = await openImageFile(outputFilename, { format: 'qcow2', writable: true, cache: cacheMode(flags) });
   await withDevice(target, async () => {
     if (!(target instanceof Qcow2Device)) throw new CommandError('internal: output is not qcow2');
     if (options.preallocation !== 'off') await target.preallocate(options.preallocation);
     const compress = flags.compress ? clusterCompressor(options.qcow2.compressionType ?? 'zlib', target.image.clusterSize) : undefined;
     await convertToQcow2(source, target, { ...(compress === undefined ? {} : { compress }), onProgress });
   });
+}
+
+const CACHE_MODES = ['unsafe', 'writeback', 'writethrough', 'none', 'directsync'];
+
+/** qemu-img convert defaults to -t unsafe: no flush. Every other mode ends with the data on stable storage. */
+function cacheMode(flags: ConvertFlags): 'writeback' | 'unsafe' {
+  const mode = flags.cache ?? 'unsafe';
+  if (!CACHE_MODES.includes(mode)) throw new CommandError(`Invalid cache option: ${mode}`);
+  return mode === 'unsafe' ? 'unsafe' : 'writeback';
 }
 
 export function registerConvert(program: Command): void {
@@ -69,6 +79,8 @@ export function registerConvert(program: Command): void {
     .option('-S, --sparse-size <size>', 'minimum zero run left as a hole (default 4k; 0 writes everything)', '4k')
     .option('-p, --progress', 'show progress')
     .option('-q, --quiet', 'quiet mode')
+    .option('-t, --cache <mode>', "output cache mode: 'unsafe' (default, as qemu-img convert: no fsync) or writeback/writethrough/none/directsync (fsync at the end)", 'unsafe')
+    .option('-T, --source-cache <mode>', 'source cache mode (accepted for compatibility; reads are always through the page cache)')
     .option('-U, --force-share', 'open the source even if in use (always: qcowkit takes no locks)')
     .option('--untrusted', 'refuse backing and data file references of the source')
     .action(async (filename: string, outputFilename: string, flags: ConvertFlags) => {
@@ -87,7 +99,7 @@ export function registerConvert(program: Command): void {
           if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');
           const target = await FileStorage.open(outputFilename, { create: true });
           try {
-            await convertToRaw(view, target, { sparseSize, onProgress: progress.update });
+            await convertToRaw(view, target, { sparseSize, onProgress: progress.update, flush: cacheMode(flags) === 'writeback' });
           } finally {
             await target.close();
           }

@@ -18,6 +18,8 @@ export interface OpenImageOptions {
   gate?: ReferenceGate;
   /** Open the top image for writing (its backing chain stays read-only). */
   writable?: boolean;
+  /** 'writeback' (default): flush and close fsync; 'unsafe': they only write metadata back (qemu-img -t unsafe). */
+  cache?: 'writeback' | 'unsafe';
   /** Open the backing chain (default true); false reads unallocated ranges as zeros, like qemu-img -u. */
   openBacking?: boolean;
   maxChainDepth?: number;
@@ -47,6 +49,7 @@ function parseFormat(name: string | undefined, from: string): ImageFormat | unde
 export async function openImage(filename: string, options: OpenImageOptions): Promise<BlockDevice> {
   const device = await openLayer(filename, options.format, options, [], 0);
   if (options.writable && device instanceof Qcow2Device) {
+    device.cacheMode = options.cache ?? 'writeback';
     try {
       await device.enableWrites();
     } catch (error) {

@@ -15,6 +15,12 @@ export class Qcow2Device implements BlockDevice {
   readonly format = 'qcow2';
   /** Set when the device was opened for writing. */
   private writer: Qcow2Writer | undefined;
+  /**
+   * qemu's cache modes, reduced to what matters here: 'writeback' makes flush() and close() reach stable storage
+   * (fsync); 'unsafe' (qemu-img convert's default) only writes metadata back, in order, and leaves syncing to
+   * the OS — a crash of the process still leaves a consistent image, a power loss may not.
+   */
+  cacheMode: 'writeback' | 'unsafe' = 'writeback';
 
   constructor(
     readonly filename: string,
@@ -71,7 +77,7 @@ export class Qcow2Device implements BlockDevice {
   }
 
   async flush(): Promise<void> {
-    await this.writer?.flush();
+    await this.writer?.flush(this.cacheMode === 'writeback');
   }
 
   async preallocate(mode: 'metadata' | 'falloc' | 'full'): Promise<void> {
@@ -153,7 +159,7 @@ export class Qcow2Device implements BlockDevice {
   /** Closes the image and the chain below it; a snapshot view shares them, so close either, once. */
   async close(): Promise<void> {
     if (this.writer !== undefined) {
-      await this.writer.flush();
+      await this.writer.flush(this.cacheMode === 'writeback');
       this.writer = undefined;
     }
     await this.image.close();

@@ -139,7 +139,7 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
   if (header.l1Size * 8 > MAX_L1_BYTES) fail('Image size is too large for this cluster size');
 
   // Cluster 0 header, 1 refcount table, 2 the first refcount block counting clusters 0..2.
-  await storage.truncate(0);
+  if ((await storage.size()) > 0) await storage.truncate(0);
   const encodedHeader = encodeHeader(header);
   const table = new Uint8Array(clusterSize);
   writeU64(viewOf(table), 0, 2 * clusterSize);

@@ -480,9 +480,10 @@ export class Qcow2Writer {
     await this.refcounts.flush();
   }
 
-  /** Metadata written back and everything on stable storage. */
-  async flush(): Promise<void> {
+  /** Metadata written back and, when `durable`, everything on stable storage (fsync). */
+  async flush(durable = true): Promise<void> {
     await this.writeBackMetadata();
+    if (!durable) return;
     await this.image.dataStorage.flush();
     if (this.image.dataStorage !== this.image.storage) await this.image.storage.flush();
   }

@@ -1,10 +1,9 @@
 import { deflateRaw, constants } from 'node:zlib';
 import { promisify } from 'node:util';
-import * as zstd from '@bokuweb/zstd-wasm';
+import { loadZstd } from '../engine/portable-codecs.js';
 import type { ClusterCompressor } from '../ops/convert-to-qcow2.js';
 
 const deflateRawAsync = promisify(deflateRaw);
-let zstdReady: Promise<void> | undefined;
 
 /**
  * Compressors for compressed clusters, as qemu writes them: raw deflate with a 4 KiB window (qemu inflates with
@@ -19,9 +18,7 @@ export function clusterCompressor(type: 'zlib' | 'zstd', clusterSize: number): C
     };
   }
   return async (cluster) => {
-    zstdReady ??= zstd.init();
-    await zstdReady;
-    const out = zstd.compress(cluster, 3);
+    const out = (await loadZstd()).compress(cluster, 3);
     return out.length < clusterSize ? out : undefined;
   };
 }

@@ -1,3 +1,4 @@
+import { constants, readSync, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { Qcow2Error } from '../errors.js';
 import type { Storage, StorageRegion } from '../io/storage.js';
@@ -9,6 +10,17 @@ function ioError(name: string, error: unknown): Qcow2Error {
   return new Qcow2Error('IO_ERROR', reason, { file: name, cause: error });
 }
 
+let blockingByDefault = false;
+
+/**
+ * Makes files opened from now on use blocking positional I/O (pread/pwrite on the calling thread). A command
+ * line tool doing one sequential job gains from it: each async call round-trips through libuv's thread pool,
+ * which measured about 20% of a raw convert. A server embedding the engine keeps the async default.
+ */
+export function useBlockingFileIo(blocking: boolean): void {
+  blockingByDefault = blocking;
+}
+
 /** A file on the local file system, read and written with positional I/O. */
 export class FileStorage implements Storage {
   private closed = false;
@@ -16,10 +28,13 @@ export class FileStorage implements Storage {
   private constructor(
     readonly name: string,
     private readonly handle: FileHandle,
+    private readonly blocking: boolean,
   ) {}
 
-  static async open(name: string, options: { writable?: boolean; create?: boolean } = {}): Promise<FileStorage> {
-    const flags = options.create ? 'w+' : options.writable ? 'r+' : 'r';
+  static async open(name: string, options: { writable?: boolean; create?: boolean; blocking?: boolean } = {}): Promise<FileStorage> {
+    // Create without O_TRUNC, and truncate only a file that has contents: ext4 flushes a file on close when it
+    // was truncated to zero and rewritten (auto_da_alloc), which cost 0.7 s per 1 GiB written.
+    const flags = options.create ? constants.O_RDWR | constants.O_CREAT : options.writable ? 'r+' : 'r';
     try {
       const handle = await open(name, flags);
       const stat = await handle.stat();
@@ -27,7 +42,8 @@ export class FileStorage implements Storage {
         await handle.close();
         throw Object.assign(new Error('Is a directory'), { code: 'EISDIR' });
       }
-      return new FileStorage(name, handle);
+      if (options.create && stat.size > 0) await handle.truncate(0);
+      return new FileStorage(name, handle, options.blocking ?? blockingByDefault);
     } catch (error) {
       throw ioError(name, error);
     }
@@ -38,7 +54,9 @@ export class FileStorage implements Storage {
     try {
       // A single read may return short (large reads on Linux stop at 2 GiB); loop until the end of the file.
       while (done < buffer.length) {
-        const { bytesRead } = await this.handle.read(buffer, done, buffer.length - done, offset + done);
+        const bytesRead = this.blocking
+          ? readSync(this.handle.fd, buffer, done, buffer.length - done, offset + done)
+          : (await this.handle.read(buffer, done, buffer.length - done, offset + done)).bytesRead;
         if (bytesRead === 0) break;
         done += bytesRead;
       }
@@ -52,8 +70,9 @@ export class FileStorage implements Storage {
     let done = 0;
     try {
       while (done < buffer.length) {
-        const { bytesWritten } = await this.handle.write(buffer, done, buffer.length - done, offset + done);
-        done += bytesWritten;
+        done += this.blocking
+          ? writeSync(this.handle.fd, buffer, done, buffer.length - done, offset + done)
+          : (await this.handle.write(buffer, done, buffer.length - done, offset + done)).bytesWritten;
       }
     } catch (error) {
       throw ioError(this.name, error);

@@ -5,7 +5,7 @@ import { openImage } from '../device/open-image.js';
 import { nodeCodecs } from './node-codecs.js';
 import { nodeHostFiles } from './node-host-files.js';
 
-export { FileStorage } from './file-storage.js';
+export { FileStorage, useBlockingFileIo } from './file-storage.js';
 export { nodeHostFiles } from './node-host-files.js';
 export { nodeCodecs } from './node-codecs.js';
 export { clusterCompressor } from './cluster-compressor.js';
@@ -13,7 +13,7 @@ export { clusterCompressor } from './cluster-compressor.js';
 /** Opens an image file and its chain with Node's file system and codecs. */
 export function openImageFile(
   filename: string,
-  options: { format?: ImageFormat; gate?: ReferenceGate; openBacking?: boolean; writable?: boolean } = {},
+  options: { format?: ImageFormat; gate?: ReferenceGate; openBacking?: boolean; writable?: boolean; cache?: 'writeback' | 'unsafe' } = {},
 ): Promise<BlockDevice> {
   return openImage(filename, { hostFiles: nodeHostFiles, codecs: nodeCodecs, ...options });
 }

@@ -7,6 +7,8 @@ export interface ConvertToRawOptions {
   /** Zero runs at least this long (and aligned to it) are left as holes; qemu-img's -S, default 4 KiB. 0 = write every byte. */
   sparseSize?: number;
   onProgress?: (done: number, total: number) => void;
+  /** fsync the target at the end (qemu-img's -t writeback); default true. */
+  flush?: boolean;
 }
 
 const CHUNK = 4 * 1024 * 1024;
@@ -19,7 +21,9 @@ const CHUNK = 4 * 1024 * 1024;
 export async function convertToRaw(source: BlockDevice, target: Storage, options: ConvertToRawOptions = {}): Promise<void> {
   const sparse = options.sparseSize ?? 4096;
   const total = source.size;
-  await target.truncate(0);
+  // Empty first so every byte not written is a hole; skip when already empty (truncating an empty file to
+  // zero still makes ext4 flush it on close).
+  if ((await target.size()) > 0) await target.truncate(0);
   await target.truncate(total);
   const buffers = [new Uint8Array(CHUNK), new Uint8Array(CHUNK)];
   let turn = 0;
@@ -40,7 +44,7 @@ export async function convertToRaw(source: BlockDevice, target: Storage, options
     }
   }
   await pendingWrite;
-  await target.flush();
+  if (options.flush ?? true) await target.flush();
   options.onProgress?.(total, total);
 }
 
