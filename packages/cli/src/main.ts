@@ -19,6 +19,9 @@ async function main(argv: string[]): Promise<number> {
   // One sequential job per process: blocking pread/pwrite beat round trips through the thread pool.
   useBlockingFileIo(true);
   const program = buildProgram();
+  // qemu-img resize takes "-SIZE" to shrink; keep it from being read as an option.
+  const last = argv[argv.length - 1];
+  if (argv[2] === 'resize' && last !== undefined && /^-\d/.test(last) && !argv.includes('--')) argv = [...argv.slice(0, -1), '--', last];
   try {
     await program.parseAsync(argv);
     return process.exitCode === undefined ? 0 : Number(process.exitCode);

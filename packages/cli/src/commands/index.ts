@@ -5,6 +5,8 @@ import { registerCreate } from './create.js';
 import { registerInfo } from './info.js';
 import { registerIo } from './io.js';
 import { registerMap } from './map.js';
+import { registerMeasure } from './measure.js';
+import { registerResize } from './resize.js';
 import { registerSnapshot } from './snapshot.js';
 
 export function registerCommands(program: Command): void {
@@ -13,6 +15,8 @@ export function registerCommands(program: Command): void {
   registerMap(program);
   registerCompare(program);
   registerConvert(program);
+  registerResize(program);
   registerSnapshot(program);
   registerIo(program);
+  registerMeasure(program);
 }

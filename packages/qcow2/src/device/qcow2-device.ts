@@ -26,8 +26,8 @@ export class Qcow2Device implements BlockDevice {
     readonly filename: string,
     readonly image: Qcow2Image,
     readonly backing: BlockDevice | undefined,
-    private readonly l1: L1Table = image.activeL1,
-    readonly size: number = image.virtualSize,
+    private readonly snapshotL1: L1Table | undefined = undefined,
+    private fixedSize: number | undefined = undefined,
     /** The snapshot this device shows, when it is a snapshot view. */
     readonly snapshot: SnapshotEntry | undefined = undefined,
   ) {}
@@ -92,6 +92,24 @@ export class Qcow2Device implements BlockDevice {
   async snapshotView(snapshot: SnapshotEntry): Promise<Qcow2Device> {
     const l1 = await this.image.snapshotL1(snapshot);
     return new Qcow2Device(this.filename, this.image, this.backing, l1, this.image.virtualSize, snapshot);
+  }
+
+  /** The active state follows the image (a resize changes it); a snapshot view keeps what it was made with. */
+  get size(): number {
+    return this.fixedSize ?? this.image.virtualSize;
+  }
+
+  private get l1(): L1Table {
+    return this.snapshotL1 ?? this.image.activeL1;
+  }
+
+  /** Changes the virtual size (qemu-img resize); shrinking drops the data past the new end. */
+  async resize(newSize: number): Promise<void> {
+    const oldSize = this.size;
+    await this.requireWriter().resize(newSize);
+    // A grown disk reads zeros in its new part, even where a longer backing file has data (as qemu ensures).
+    const exposed = Math.min(newSize, this.backing?.size ?? 0) - oldSize;
+    if (exposed > 0) await this.writeZeroes(oldSize, exposed);
   }
 
   async read(buffer: Uint8Array, offset: number): Promise<void> {

@@ -10,8 +10,13 @@ export class RawDevice implements BlockDevice {
   private constructor(
     readonly filename: string,
     readonly storage: Storage,
-    readonly size: number,
+    public size: number,
   ) {}
+
+  async resize(newSize: number): Promise<void> {
+    await this.storage.truncate(newSize);
+    this.size = newSize;
+  }
 
   static async open(storage: Storage, filename = storage.name): Promise<RawDevice> {
     return new RawDevice(filename, storage, await storage.size());

@@ -423,6 +423,92 @@ export class Qcow2Writer {
   }
 
   /**
+   * Changes the virtual size. Growing allocates a larger L1 table when the new size needs one: the new table is
+   * written and counted first, the header switches to it in one write, the old table is freed last. Shrinking
+   * drops every cluster past the new end (and L2 tables wholly past it) before the size field changes; the L1
+   * table keeps its size, as qemu keeps it.
+   */
+  async resize(newSize: number): Promise<void> {
+    if (!Number.isSafeInteger(newSize) || newSize < 0 || newSize % 512 !== 0) {
+      throw new Qcow2Error('BAD_ARGUMENT', 'The new size must be a multiple of 512', { file: this.image.name });
+    }
+    await this.beforeFirstWrite();
+    const header = this.image.header;
+    const { l2Coverage, clusterSize } = this.image.layout;
+    const oldSize = header.size;
+    if (newSize > oldSize) {
+      const neededL1 = Math.ceil(newSize / l2Coverage);
+      if (neededL1 > header.l1Size) await this.growL1(neededL1);
+    } else if (newSize < oldSize) {
+      await this.dropClustersFrom(Math.ceil(newSize / clusterSize) * clusterSize, oldSize);
+    }
+    await this.writeBackMetadata();
+    const bytes = new Uint8Array(8);
+    writeU64(viewOf(bytes), 0, newSize);
+    await this.image.storage.write(bytes, 24);
+    header.size = newSize;
+  }
+
+  private async growL1(entries: number): Promise<void> {
+    const { clusterSize } = this.image.layout;
+    const header = this.image.header;
+    if (entries * 8 > 32 * 1024 * 1024) throw new Qcow2Error('L1_TOO_LARGE', 'the new size needs an L1 table larger than 32 MiB', { file: this.image.name });
+    const clusters = Math.ceil((entries * 8) / clusterSize);
+    const newOffset = await this.refcounts.allocate(clusters);
+    const table = new Uint8Array(clusters * clusterSize);
+    table.set(this.image.activeL1.bytes);
+    await this.refcounts.flush();
+    await this.image.storage.write(table, newOffset);
+    const fields = new Uint8Array(12);
+    const view = viewOf(fields);
+    view.setUint32(0, entries);
+    writeU64(view, 4, newOffset);
+    await this.image.storage.write(fields, 36);
+    const oldOffset = header.l1TableOffset;
+    const oldClusters = Math.ceil((header.l1Size * 8) / clusterSize);
+    header.l1Size = entries;
+    header.l1TableOffset = newOffset;
+    this.image.replaceActiveL1(table.subarray(0, entries * 8));
+    if (oldClusters > 0) this.pendingFrees.push({ cluster: oldOffset / clusterSize, count: oldClusters });
+    this.updateFileSize(newOffset + table.length);
+  }
+
+  /** Deallocates guest clusters [from, to) (from cluster aligned) and frees L2 tables wholly inside. */
+  private async dropClustersFrom(from: number, to: number): Promise<void> {
+    const { clusterSize, clusterBits, l2Coverage, l2Entries, l2EntryBytes, externalDataFile } = this.image.layout;
+    const l1 = this.image.activeL1;
+    for (let pos = from; pos < to; ) {
+      const l1Index = Math.floor(pos / l2Coverage);
+      const tableEnd = Math.min(to, (l1Index + 1) * l2Coverage);
+      if (l1Index >= l1.entries) break;
+      const l2Offset = entryHostOffset(l1.view.getUint32(l1Index * 8), l1.view.getUint32(l1Index * 8 + 4));
+      if (l2Offset !== 0) {
+        if (pos % l2Coverage === 0) {
+          // The whole table goes: clear the L1 entry first, then release the table and what it points to.
+          const table = viewOf(await this.image.l2Table(l2Offset));
+          for (let i = 0; i < l2Entries; i++) this.queueFreeOfEntry(table.getUint32(i * l2EntryBytes), table.getUint32(i * l2EntryBytes + 4), clusterBits, externalDataFile);
+          l1.view.setUint32(l1Index * 8, 0);
+          l1.view.setUint32(l1Index * 8 + 4, 0);
+          await this.image.storage.write(l1.bytes.subarray(l1Index * 8, l1Index * 8 + 8), this.image.header.l1TableOffset + l1Index * 8);
+          this.image.l2Cache.delete(l2Offset);
+          this.pendingFrees.push({ cluster: l2Offset / clusterSize, count: 1 });
+        } else {
+          const owned = await this.l2ForWrite(l1Index);
+          const table = await this.image.l2Table(owned);
+          this.image.l2Cache.markDirty(owned);
+          const view = viewOf(table);
+          for (let cluster = pos / clusterSize; cluster * clusterSize < tableEnd; cluster++) {
+            const at = (cluster % l2Entries) * l2EntryBytes;
+            this.queueFreeOfEntry(view.getUint32(at), view.getUint32(at + 4), clusterBits, externalDataFile);
+            for (let b = 0; b < l2EntryBytes; b += 4) view.setUint32(at + b, 0);
+          }
+        }
+      }
+      pos = tableEnd;
+    }
+  }
+
+  /**
    * Maps every guest cluster to a host cluster (qemu-img create -o preallocation=…): metadata only allocates and
    * maps them (with extended L2 the subclusters stay unallocated, as qemu does); falloc and full also write the
    * clusters' bytes as zeros, so the file really holds them (Node offers no fallocate).

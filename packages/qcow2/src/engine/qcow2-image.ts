@@ -51,7 +51,7 @@ export class Qcow2Image {
     readonly header: Qcow2Header,
     /** The file's size when opened; the writer keeps it current. */
     public fileSize: number,
-    readonly activeL1: L1Table,
+    private l1: L1Table,
     readonly snapshots: SnapshotEntry[],
     readonly snapshotTableBytes: number,
     /** Where guest data lives: the image file, or its external data file. */
@@ -105,6 +105,15 @@ export class Qcow2Image {
       options.codecs ?? portableCodecs,
       options.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES,
     );
+  }
+
+  /** The active L1 table (replaced when a resize grows it). */
+  get activeL1(): L1Table {
+    return this.l1;
+  }
+
+  replaceActiveL1(bytes: Uint8Array): void {
+    this.l1 = l1TableFrom(bytes);
   }
 
   get name(): string {

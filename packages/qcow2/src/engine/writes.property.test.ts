@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { hasQemuImg, requireQemuImg } from '../../../../fixtures/corpus.js';
 import { isWritable, type WritableBlockDevice } from '../device/block-device.js';
 import { openImage } from '../device/open-image.js';
+import { Qcow2Device } from '../device/qcow2-device.js';
 import { createQcow2, type CreateQcow2Options } from './create-image.js';
 import { MemoryFiles } from '../test-support/memory-files.js';
 
@@ -16,6 +17,7 @@ import { MemoryFiles } from '../test-support/memory-files.js';
  * image clean.
  */
 type Op =
+  | { kind: 'resize'; fraction: number }
   | { kind: 'write'; offset: number; length: number; seed: number }
   | { kind: 'zero'; offset: number; length: number; unmap: boolean }
   | { kind: 'discard'; offset: number; length: number };
@@ -50,11 +52,16 @@ function fillPattern(length: number, seed: number): Uint8Array {
   return out;
 }
 
-function opArb(size: number): fc.Arbitrary<Op> {
+/**
+ * Ranges are drawn as fractions of the disk so they stay inside it after resizes; the model clips them to the
+ * size at the time the operation runs.
+ */
+function opArb(): fc.Arbitrary<Op> {
   const range = fc
-    .tuple(fc.integer({ min: 0, max: size - 1 }), fc.integer({ min: 1, max: 300 * 1024 }))
-    .map(([offset, length]) => ({ offset, length: Math.min(length, size - offset) }));
+    .tuple(fc.double({ min: 0, max: 0.999, noNaN: true }), fc.integer({ min: 1, max: 300 * 1024 }))
+    .map(([offset, length]) => ({ offset, length }));
   return fc.oneof(
+    { weight: 1, arbitrary: fc.double({ min: 0.3, max: 1.8, noNaN: true }).map((fraction) => ({ kind: 'resize' as const, fraction })) },
     { weight: 5, arbitrary: fc.tuple(range, fc.nat()).map(([r, seed]) => ({ kind: 'write' as const, ...r, seed })) },
     { weight: 2, arbitrary: fc.tuple(range, fc.boolean()).map(([r, unmap]) => ({ kind: 'zero' as const, ...r, unmap })) },
     { weight: 1, arbitrary: range.map((r) => ({ kind: 'discard' as const, ...r })) },
@@ -78,7 +85,7 @@ describe('guest writes against a model of the disk', () => {
   for (const variant of variants) {
     it(`${variant.name}: contents equal the model and qemu-img check is clean`, async () => {
       await fc.assert(
-        fc.asyncProperty(fc.array(opArb(variant.size), { minLength: 1, maxLength: 20 }), async (ops) => {
+        fc.asyncProperty(fc.array(opArb(), { minLength: 1, maxLength: 20 }), async (ops) => {
           const files = new MemoryFiles();
           const baseBytes = variant.backing ? fillPattern(variant.size - 4096, 7) : undefined;
           if (baseBytes !== undefined) files.add('base.raw', baseBytes.slice());
@@ -90,18 +97,19 @@ describe('guest writes against a model of the disk', () => {
           });
           const device = await openImage('disk.qcow2', { hostFiles: files, writable: true });
           if (!isWritable(device)) throw new Error('not writable');
-          const model = new Uint8Array(variant.size);
+          let model = new Uint8Array(variant.size);
           if (baseBytes !== undefined) model.set(baseBytes);
           const clusterSize = variant.create.clusterSize ?? 65536;
           const v2 = variant.create.compat === '0.10';
-          for (const op of ops) await apply(device, model, op, { clusterSize, v2, backing: variant.backing, size: variant.size });
-          const actual = new Uint8Array(variant.size);
+          for (const op of ops) model = await apply(device, model, op, { clusterSize, v2, backing: variant.backing });
+          expect(device.size).toBe(model.length);
+          const actual = new Uint8Array(model.length);
           await device.read(actual, 0);
           expect(firstDifference(actual, model)).toBe(-1);
           await device.close();
           // Reopen from the bytes: what was flushed at close must read back the same.
           const reopened = await openImage('disk.qcow2', { hostFiles: files });
-          const again = new Uint8Array(variant.size);
+          const again = new Uint8Array(model.length);
           await reopened.read(again, 0);
           expect(firstDifference(again, model)).toBe(-1);
           if (hasQemuImg()) {
@@ -116,32 +124,44 @@ describe('guest writes against a model of the disk', () => {
   }
 });
 
+/** Applies `op` to the device and the model; returns the model (a new one when the size changed). */
 async function apply(
   device: WritableBlockDevice,
   model: Uint8Array,
   op: Op,
-  image: { clusterSize: number; v2: boolean; backing: boolean; size: number },
-): Promise<void> {
+  image: { clusterSize: number; v2: boolean; backing: boolean },
+): Promise<Uint8Array> {
+  if (op.kind === 'resize') {
+    const newSize = Math.max(512, Math.round((model.length * op.fraction) / 512) * 512);
+    if (!(device instanceof Qcow2Device)) throw new Error('not qcow2');
+    await device.resize(newSize);
+    // A shrink drops the tail; a grow reads zeros (qemu hides a longer backing file's data there).
+    const resized = new Uint8Array(newSize);
+    resized.set(model.subarray(0, Math.min(newSize, model.length)));
+    return resized;
+  }
+  const offset = Math.floor(op.offset * model.length);
+  const length = Math.min(op.length, model.length - offset);
   switch (op.kind) {
     case 'write': {
-      const data = fillPattern(op.length, op.seed);
-      await device.write(data, op.offset);
-      model.set(data, op.offset);
-      return;
+      const data = fillPattern(length, op.seed);
+      await device.write(data, offset);
+      model.set(data, offset);
+      return model;
     }
     case 'zero':
-      await device.writeZeroes(op.offset, op.length, { unmap: op.unmap });
-      model.fill(0, op.offset, op.offset + op.length);
-      return;
+      await device.writeZeroes(offset, length, { unmap: op.unmap });
+      model.fill(0, offset, offset + length);
+      return model;
     case 'discard': {
-      await device.discard(op.offset, op.length);
+      await device.discard(offset, length);
       // Discard drops whole clusters only; v2 with a backing file cannot drop them (qemu leaves the data).
-      if (image.v2 && image.backing) return;
-      const end = op.offset + op.length;
-      const first = Math.ceil(op.offset / image.clusterSize) * image.clusterSize;
-      const last = end === image.size ? end : Math.floor(end / image.clusterSize) * image.clusterSize;
+      if (image.v2 && image.backing) return model;
+      const end = offset + length;
+      const first = Math.ceil(offset / image.clusterSize) * image.clusterSize;
+      const last = end === model.length ? end : Math.floor(end / image.clusterSize) * image.clusterSize;
       if (first < last) model.fill(0, first, last);
-      return;
+      return model;
     }
   }
 }
