@@ -43,4 +43,5 @@ export { createQcow2, type CreateQcow2Options, type Preallocation } from './engi
 export { Qcow2Writer, type BelowReader } from './engine/image-writer.js';
 export { Refcounts } from './engine/refcounts.js';
 export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from './ops/convert-to-qcow2.js';
-export { measureImage, measureNewImage, qcow2FullyAllocatedSize, refcountMetadataSize, dataClusterBytes, persistentBitmapsSize, type MeasureOptions, type MeasureResult } from './ops/measure.js';
+export { measureImage, measureNewImage, qcow2FullyAllocatedSize, refcountMetadataSize, dataClusterBytes, persistentBitmapsSize, hasMetadataPreallocation, type MeasureOptions, type MeasureResult } from './ops/measure.js';
+export { createSnapshot, applySnapshot, deleteSnapshot, recomputeCopied, type CreateSnapshotOptions } from './engine/snapshots.js';

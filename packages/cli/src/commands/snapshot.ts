@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { openImageForInfo, snapshotInfos, type BlockDevice } from '@qcowkit/qcow2';
-import { nodeHostFiles } from '@qcowkit/qcow2/node';
+import { Qcow2Device, Qcow2Error, openImageForInfo, snapshotInfos, type BlockDevice } from '@qcowkit/qcow2';
+import { nodeHostFiles, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { formatSnapshotList } from '../output/info-human.js';
 import { parseFormatFlag, withDevice } from './open.js';
@@ -9,8 +9,7 @@ import { parseFormatFlag, withDevice } from './open.js';
  * qemu-img snapshot: one action per run, chosen by -l, -c, -a or -d (qemu refuses to mix them, or to give one
  * twice). Without any, qemu-img opens the image and does nothing; so does qcowkit.
  *
- * To add an action: implement its entry in `snapshotActions` (the image is not opened for it yet: open it
- * writable there).
+ * -l only reads metadata; -c, -a and -d open the image for writing.
  */
 export type SnapshotAction =
   | { kind: 'none' }
@@ -39,10 +38,26 @@ function openMetadata(context: SnapshotContext): Promise<BlockDevice> {
   return openImageForInfo(context.filename, { hostFiles: nodeHostFiles, ...(context.format === undefined ? {} : { format: context.format }) });
 }
 
-function notYet(flag: string): () => Promise<void> {
-  return async () => {
-    throw new CommandError(`snapshot ${flag} is not supported yet (only -l is)`);
-  };
+/** Opens the image for writing (its backing chain read-only) and runs `body` on it as qcow2. */
+async function withWritableQcow2(context: SnapshotContext, verb: string, name: string, body: (device: Qcow2Device) => Promise<unknown>): Promise<void> {
+  const device = await openImageFile(context.filename, { ...(context.format === undefined ? {} : { format: context.format }), writable: true });
+  await withDevice(device, async () => {
+    if (!(device instanceof Qcow2Device)) throw new CommandError(`Could not ${verb} snapshot '${name}': -95 (Operation not supported)`);
+    try {
+      await body(device);
+    } catch (error) {
+      if (error instanceof Qcow2Error) {
+        const reason =
+          error.code === 'SNAPSHOT_NOT_FOUND'
+            ? verb === 'apply'
+              ? 'Failed to load snapshot: No such file or directory'
+              : 'snapshot not found'
+            : error.message;
+        throw new CommandError(`Could not ${verb} snapshot '${name}': ${reason}`, 1, context.filename);
+      }
+      throw error;
+    }
+  });
 }
 
 export const snapshotActions: { [K in SnapshotAction['kind']]: (action: Extract<SnapshotAction, { kind: K }>, context: SnapshotContext) => Promise<void> } = {
@@ -58,9 +73,15 @@ export const snapshotActions: { [K in SnapshotAction['kind']]: (action: Extract<
       if (snapshots.length > 0) process.stdout.write(formatSnapshotList(snapshots));
     });
   },
-  create: notYet('-c'),
-  apply: notYet('-a'),
-  delete: notYet('-d'),
+  async create(action, context) {
+    await withWritableQcow2(context, 'create', action.name, (device) => device.createSnapshot({ name: action.name }));
+  },
+  async apply(action, context) {
+    await withWritableQcow2(context, 'apply', action.name, (device) => device.applySnapshot(action.name));
+  },
+  async delete(action, context) {
+    await withWritableQcow2(context, 'delete', action.name, (device) => device.deleteSnapshot(action.name));
+  },
 };
 
 /** The one action the flags ask for; qemu's "Cannot mix" error when they ask for more. */

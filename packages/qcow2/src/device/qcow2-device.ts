@@ -2,6 +2,7 @@ import type { SnapshotEntry } from '../format/snapshot-table.js';
 import type { L1Table } from '../engine/mapping.js';
 import type { Qcow2Image } from '../engine/qcow2-image.js';
 import { Qcow2Writer } from '../engine/image-writer.js';
+import { applySnapshot, createSnapshot, deleteSnapshot, type CreateSnapshotOptions } from '../engine/snapshots.js';
 import { Qcow2Error } from '../errors.js';
 import { SegmentKind } from '../engine/segments.js';
 import { pushExtent, type BlockDevice, type Extent } from './block-device.js';
@@ -51,6 +52,21 @@ export class Qcow2Device implements BlockDevice {
     checkRange(this, offset, buffer.length);
     if (buffer.length === 0) return;
     await this.requireWriter().write(offset, buffer, (dest, at) => this.readBacking(dest, at));
+  }
+
+  /** Internal snapshot of the active state (qemu-img snapshot -c). */
+  createSnapshot(options: CreateSnapshotOptions): Promise<SnapshotEntry> {
+    return createSnapshot(this.image, this.requireWriter(), options);
+  }
+
+  /** Reverts the active state to a snapshot (qemu-img snapshot -a): id first, then name. */
+  applySnapshot(idOrName: string): Promise<SnapshotEntry> {
+    return applySnapshot(this.image, this.requireWriter(), idOrName);
+  }
+
+  /** Deletes a snapshot (qemu-img snapshot -d): id first, then name. */
+  deleteSnapshot(idOrName: string): Promise<SnapshotEntry> {
+    return deleteSnapshot(this.image, this.requireWriter(), idOrName);
   }
 
   /** Makes a range read as zeros (qemu-io write -z; -u lets whole clusters be deallocated). */

@@ -449,6 +449,19 @@ export class Qcow2Writer {
     header.size = newSize;
   }
 
+  /**
+   * Before a snapshot is applied: the active L1 must have at least `l1Entries` entries and the disk the
+   * snapshot's size. Clusters past a smaller size are not dropped here: the snapshot's L1 replaces them.
+   */
+  async resizeForSnapshot(diskSize: number, l1Entries: number): Promise<void> {
+    if (l1Entries > this.image.header.l1Size) await this.growL1(l1Entries);
+    await this.writeBackMetadata();
+    const bytes = new Uint8Array(8);
+    writeU64(viewOf(bytes), 0, diskSize);
+    await this.image.storage.write(bytes, 24);
+    this.image.header.size = diskSize;
+  }
+
   private async growL1(entries: number): Promise<void> {
     const { clusterSize } = this.image.layout;
     const header = this.image.header;

@@ -62,6 +62,13 @@ export class TableCache {
     this.tables.delete(offset);
   }
 
+  /** Drops every table (after the active L1 changed wholesale); dirty tables must have been written. */
+  clear(): void {
+    this.tables.clear();
+    this.bytes = 0;
+    this.dirtyBytes = 0;
+  }
+
   private evict(): void {
     if (this.bytes <= this.maxBytes) return;
     for (const [offset, entry] of this.tables) {

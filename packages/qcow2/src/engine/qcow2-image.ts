@@ -52,8 +52,8 @@ export class Qcow2Image {
     /** The file's size when opened; the writer keeps it current. */
     public fileSize: number,
     private l1: L1Table,
-    readonly snapshots: SnapshotEntry[],
-    readonly snapshotTableBytes: number,
+    private snapshotTable: SnapshotEntry[],
+    private snapshotTableSize: number,
     /** Where guest data lives: the image file, or its external data file. */
     readonly dataStorage: Storage,
     private readonly codecs: CompressionCodecs,
@@ -105,6 +105,22 @@ export class Qcow2Image {
       options.codecs ?? portableCodecs,
       options.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES,
     );
+  }
+
+  /** The internal snapshot table, in order. */
+  get snapshots(): readonly SnapshotEntry[] {
+    return this.snapshotTable;
+  }
+
+  /** Bytes the snapshot table occupies (its length is not stored in the header). */
+  get snapshotTableBytes(): number {
+    return this.snapshotTableSize;
+  }
+
+  /** Called by the writer after it wrote a new snapshot table and switched the header to it. */
+  replaceSnapshots(entries: SnapshotEntry[], tableBytes: number): void {
+    this.snapshotTable = entries;
+    this.snapshotTableSize = tableBytes;
   }
 
   /** The active L1 table (replaced when a resize grows it). */
