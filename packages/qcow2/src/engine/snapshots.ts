@@ -3,6 +3,7 @@ import { MAX_SNAPSHOTS } from '../format/constants.js';
 import { encodeSnapshotTable, SNAPSHOT_EXTRA_DATA_BYTES, type SnapshotEntry } from '../format/snapshot-table.js';
 import { viewOf, writeU64 } from '../format/struct.js';
 import { COMPRESSED_HI, COPIED_HI, decodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
+import { BitmapFlag, decodeBitmapDirectory, hasBitmapFlag, MAX_BITMAP_DIRECTORY_BYTES } from '../format/bitmap-directory.js';
 import type { Qcow2Writer } from './image-writer.js';
 import type { L1Table } from './mapping.js';
 import type { Qcow2Image } from './qcow2-image.js';
@@ -264,9 +265,29 @@ export async function deleteSnapshot(image: Qcow2Image, writer: Qcow2Writer, idO
   return entry;
 }
 
+/**
+ * Enabled persistent bitmaps track every guest write; reverting the disk under them would make them lie, so
+ * qemu refuses to apply a snapshot while any is enabled, and so does this engine.
+ */
+async function refuseActiveBitmaps(image: Qcow2Image): Promise<void> {
+  const extension = image.bitmapsExtension;
+  if (extension === undefined || !image.bitmapsConsistent || extension.nbBitmaps === 0) return;
+  const size = extension.bitmapDirectorySize;
+  if (size > MAX_BITMAP_DIRECTORY_BYTES || extension.bitmapDirectoryOffset + size > image.fileSize) {
+    throw new Qcow2Error('BAD_BITMAP_DIRECTORY', 'bitmap directory lies outside the file', { file: image.name });
+  }
+  const bytes = new Uint8Array(size);
+  await image.storage.read(bytes, extension.bitmapDirectoryOffset);
+  const entries = decodeBitmapDirectory(bytes, extension.nbBitmaps);
+  if (entries.some((entry) => hasBitmapFlag(entry.flags, BitmapFlag.Auto))) {
+    throw new Qcow2Error('BAD_ARGUMENT', 'Device has active dirty bitmaps', { file: image.name });
+  }
+}
+
 export async function applySnapshot(image: Qcow2Image, writer: Qcow2Writer, idOrName: string): Promise<SnapshotEntry> {
   refuseUnsupported(image);
   const entry = findForAction(image, idOrName, 'apply');
+  await refuseActiveBitmaps(image);
   await writer.writeBackMetadata();
   const snapshotL1 = await image.snapshotL1(entry);
   const gained = await reachOf(image, snapshotL1);
