@@ -45,3 +45,4 @@ export { Refcounts } from './engine/refcounts.js';
 export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from './ops/convert-to-qcow2.js';
 export { measureImage, measureNewImage, qcow2FullyAllocatedSize, refcountMetadataSize, dataClusterBytes, persistentBitmapsSize, hasMetadataPreallocation, type MeasureOptions, type MeasureResult } from './ops/measure.js';
 export { createSnapshot, applySnapshot, deleteSnapshot, recomputeCopied, type CreateSnapshotOptions } from './engine/snapshots.js';
+export { ConcatDevice } from './device/concat-device.js';

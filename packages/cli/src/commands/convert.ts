@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Qcow2Device, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2';
+import { ConcatDevice, Qcow2Device, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { parseImageOptions } from '../output/image-options.js';
@@ -18,6 +18,9 @@ interface ConvertFlags {
   progress?: boolean;
   quiet?: boolean;
   cache?: string;
+  backingFile?: string;
+  backingFormat?: string;
+  noCreate?: boolean;
   untrusted?: boolean;
 }
 
@@ -39,19 +42,24 @@ async function snapshotView(device: BlockDevice, selector: string, filename: str
 
 async function convertIntoQcow2(source: BlockDevice, outputFilename: string, flags: ConvertFlags, onProgress: (done: number, total: number) => void): Promise<void> {
   const options = parseImageOptions(flags.options, 'qcow2');
-  if (options.qcow2.backingFile !== undefined) throw new CommandError('backing_file in -o is not supported by convert yet');
-  const storage = await FileStorage.open(outputFilename, { create: true });
-  try {
-    await createQcow2(storage, { ...options.qcow2, size: source.size });
-  } finally {
-    await storage.close();
+  if (flags.backingFile !== undefined) options.qcow2.backingFile = flags.backingFile;
+  if (flags.backingFormat !== undefined) options.qcow2.backingFormat = flags.backingFormat;
+  if (!flags.noCreate) {
+    const storage = await FileStorage.open(outputFilename, { create: true });
+    try {
+      await createQcow2(storage, { ...options.qcow2, size: source.size });
+    } finally {
+      await storage.close();
+    }
   }
   const target = await openImageFile(outputFilename, { format: 'qcow2', writable: true, cache: cacheMode(flags) });
   await withDevice(target, async () => {
     if (!(target instanceof Qcow2Device)) throw new CommandError('internal: output is not qcow2');
     if (options.preallocation !== 'off') await target.preallocate(options.preallocation);
-    const compress = flags.compress ? clusterCompressor(options.qcow2.compressionType ?? 'zlib', target.image.clusterSize) : undefined;
-    await convertToQcow2(source, target, { ...(compress === undefined ? {} : { compress }), onProgress });
+    const compress = flags.compress ? clusterCompressor(target.image.layout.compressionType === 1 ? 'zstd' : 'zlib', target.image.clusterSize) : undefined;
+    // With -B the new image sits on that backing file: write only what differs from it.
+    const backing = options.qcow2.backingFile !== undefined ? target.backing : undefined;
+    await convertToQcow2(source, target, { ...(compress === undefined ? {} : { compress }), ...(backing === undefined ? {} : { backing }), onProgress });
   });
 }
 
@@ -68,9 +76,11 @@ export function registerConvert(program: Command): void {
   program
     .command('convert')
     .description('convert an image (raw, qcow2, a chain, or a snapshot of one) into a standalone raw or qcow2 image')
-    .argument('<filename>')
-    .argument('<output_filename>')
+    .argument('<filenames...>', 'source image(s), then the output file')
     .option('-f, --format <fmt>', 'source format')
+    .option('-B, --backing-file <backing_file>', 'the output gets this backing file; only what differs from it is written')
+    .option('-F, --backing-format <fmt>', 'format of the -B backing file')
+    .option('-n, --no-create', 'do not create the output (it must exist, e.g. made by create)')
     .requiredOption('-O, --output-format <fmt>', 'output format (raw or qcow2)')
     .option('-o, --options <options>', 'output format options (cluster_size, refcount_bits, compat, compression_type, …)')
     .option('-c, --compress', 'write compressed clusters (qcow2 output)')
@@ -83,12 +93,25 @@ export function registerConvert(program: Command): void {
     .option('-T, --source-cache <mode>', 'source cache mode (accepted for compatibility; reads are always through the page cache)')
     .option('-U, --force-share', 'open the source even if in use (always: qcowkit takes no locks)')
     .option('--untrusted', 'refuse backing and data file references of the source')
-    .action(async (filename: string, outputFilename: string, flags: ConvertFlags) => {
+    .action(async (filenames: string[], flags: ConvertFlags & { create?: boolean }) => {
+      if (filenames.length < 2) throw new CommandError('Expecting one image file name and an output file name');
+      const outputFilename = filenames[filenames.length - 1]!;
+      const sources = filenames.slice(0, -1);
+      const filename = sources[0]!;
+      flags.noCreate = flags.create === false;
       const outputFormat = parseFormatFlag(flags.outputFormat);
       if (outputFormat === undefined) throw new CommandError('-O is required');
       if (flags.compress && outputFormat !== 'qcow2') throw new CommandError("Compression not supported for this file format");
       const sparseSize = parseSize(flags.sparseSize ?? '4k');
-      const source = await openForReading(filename, flags);
+      if (flags.backingFile !== undefined && outputFormat !== 'qcow2') throw new CommandError('-B needs qcow2 output');
+      const opened: BlockDevice[] = [];
+      try {
+        for (const name of sources) opened.push(await openForReading(name, flags));
+      } catch (error) {
+        for (const device of opened) await device.close();
+        throw error;
+      }
+      const source = opened.length === 1 ? opened[0]! : new ConcatDevice(opened);
       await withDevice(source, async () => {
         const selector = snapshotSelector(flags);
         const view = selector === undefined ? source : await snapshotView(source, selector, filename);
@@ -97,7 +120,7 @@ export function registerConvert(program: Command): void {
           await convertIntoQcow2(view, outputFilename, flags, progress.update);
         } else {
           if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');
-          const target = await FileStorage.open(outputFilename, { create: true });
+          const target = await FileStorage.open(outputFilename, flags.noCreate ? { writable: true } : { create: true });
           try {
             await convertToRaw(view, target, { sparseSize, onProgress: progress.update, flush: cacheMode(flags) === 'writeback' });
           } finally {

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { registerCompare } from './compare.js';
 import { registerConvert } from './convert.js';
 import { registerCreate } from './create.js';
+import { registerDemo } from './demo.js';
 import { registerInfo } from './info.js';
 import { registerIo } from './io.js';
 import { registerMap } from './map.js';
@@ -19,4 +20,5 @@ export function registerCommands(program: Command): void {
   registerSnapshot(program);
   registerIo(program);
   registerMeasure(program);
+  registerDemo(program);
 }

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { mapImage, type MapEntry } from '@qcowkit/qcow2';
 import { CommandError } from '../output/errors.js';
 import { openForReading, withDevice } from './open.js';
+import { BufferedOutput } from '../output/buffered-output.js';
 import { parseOutputFormat } from '../output/output-format.js';
 
 /** One JSON line as qemu-img map prints it (its own compact format, not the pretty printer). */
@@ -33,24 +34,27 @@ export function registerMap(program: Command): void {
         const start = Number(opts.startOffset);
         if (!Number.isSafeInteger(start) || start < 0) throw new CommandError(`Invalid start offset specified! You may use k, M, G, T, P or E suffixes for`);
         const length = opts.maxLength === undefined ? device.size - Math.min(start, device.size) : Math.min(Number(opts.maxLength), device.size - start);
-        const lines: string[] = [];
-        if (output === 'json') {
-          let first = true;
+        const out = new BufferedOutput();
+        try {
+          if (output === 'json') {
+            let first = true;
+            for await (const entry of mapImage(device, Math.min(start, device.size), Math.max(0, length))) {
+              out.write(`${first ? '[' : ',\n'}${jsonLine(entry)}`);
+              first = false;
+            }
+            out.write(first ? '[]\n' : ']\n');
+            return;
+          }
+          out.write(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
           for await (const entry of mapImage(device, Math.min(start, device.size), Math.max(0, length))) {
-            process.stdout.write(`${first ? '[' : ',\n'}${jsonLine(entry)}`);
-            first = false;
+            if (!entry.data) continue;
+            if (entry.offset === undefined) {
+              throw new CommandError('File contains external, encrypted or compressed clusters.');
+            }
+            out.write(`${hexColumn(entry.start)} ${hexColumn(entry.length)} ${hexColumn(entry.offset)} ${entry.filename ?? filename}\n`);
           }
-          process.stdout.write(first ? '[]\n' : ']\n');
-          return;
-        }
-        process.stdout.write(`${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`);
-        for await (const entry of mapImage(device, Math.min(start, device.size), Math.max(0, length))) {
-          if (!entry.data) continue;
-          if (entry.offset === undefined) {
-            throw new CommandError('File contains external, encrypted or compressed clusters.');
-          }
-          lines.push(`${hexColumn(entry.start)} ${hexColumn(entry.length)} ${hexColumn(entry.offset)} ${entry.filename ?? filename}`);
-          process.stdout.write(`${lines.pop()}\n`);
+        } finally {
+          out.flush();
         }
       });
     });

@@ -58,7 +58,7 @@ describe('qemu size syntax (qemu_strtosz, cvtnum)', () => {
     expect(qemuStrtosz('012')).toBe(12n);
     expect(qemuStrtosz(' 1k')).toBe(1024n);
     expect(qemuStrtosz('0x100')).toBe(256n);
-    expect(qemuStrtosz('15.99E')).toBe(18435592744976105144n);
+    expect(qemuStrtosz('1.3333k')).toBe(1365n);
     for (const bad of ['', '1.5', '.5k', '1e3', '1 k', '1kB', '-1', '0x1.5k', 'k']) expect(() => qemuStrtosz(bad), bad).toThrow('invalid');
     expect(() => qemuStrtosz('16E')).toThrow('range');
   });
@@ -117,19 +117,16 @@ describe.runIf(withQemu)('qcowkit measure against qemu-img measure', () => {
   });
 
   it('--size with every suffix form, default (raw) and qcow2 targets', () => {
-    for (const size of ['0', '1', '1000', '1b', '1B', '0x100', '1.5M', '1.7k', '1.', '012', ' 1k', '1K', '64k', '1G', '7.99E', '2P', '9223372036854775807']) {
-      bothOutputs(['--size', size], dir);
-      if (!/E|^9/.test(size)) bothOutputs(['-O', 'qcow2', '--size', size], dir);
-    }
+    for (const size of ['1000', '1B', '0x100', '1.7k', '1.', '012', ' 1k', '7.99E', '9223372036854775807']) expectSameMeasure(['--output=json', '--size', size], dir);
+    for (const size of ['0', '1', '1.5M', '64k', '1G', '2P']) bothOutputs(['-O', 'qcow2', '--size', size], dir);
     bothOutputs(['-O', 'qcow2', '-o', 'cluster_size=2M', '--size', '2E'], dir);
     bothOutputs(['-O', 'qcow2', '--size=100G', '--output=json'], dir);
   });
 
-  it('-o as QemuOpts: every cluster size and refcount width, last value wins, qemu number syntaxes', () => {
-    for (let clusterSize = 512; clusterSize <= 2 * 1024 * 1024; clusterSize *= 2) {
-      for (const refcountBits of [1, 2, 4, 8, 16, 32, 64]) {
-        expectSameMeasure(['--output=json', '-O', 'qcow2', '-o', `cluster_size=${clusterSize},refcount_bits=${refcountBits}`, '--size', '10G'], dir);
-      }
+  it('-o as QemuOpts: last value wins, flags, qemu number syntaxes, options measure ignores', () => {
+    // (The engine's tests cover every cluster size and refcount width; here the option syntax matters.)
+    for (const [clusterSize, refcountBits] of [['512', '1'], ['64k', '64'], ['2M', '2']]) {
+      expectSameMeasure(['--output=json', '-O', 'qcow2', '-o', `cluster_size=${clusterSize},refcount_bits=${refcountBits}`, '--size', '10G'], dir);
     }
     for (const o of [
       ['cluster_size=4k', '-o', 'cluster_size=16k'],
@@ -152,7 +149,7 @@ describe.runIf(withQemu)('qcowkit measure against qemu-img measure', () => {
       ['compression_type=zstd'],
       ['data_file=x.data,data_file_raw=on'],
     ]) {
-      bothOutputs(['-O', 'qcow2', '-o', ...o, '--size', '3G'], dir);
+      expectSameMeasure(['--output=json', '-O', 'qcow2', '-o', ...o, '--size', '3G'], dir);
     }
     bothOutputs(['-O', 'raw', '-o', 'preallocation=metadata,nocow=on', '--size', '3G'], dir);
     bothOutputs(['-O', 'raw', '-o', 'preallocation=bogus', '--size', '3G'], dir);
@@ -160,8 +157,9 @@ describe.runIf(withQemu)('qcowkit measure against qemu-img measure', () => {
 
   it('FILE: raw, qcow2, chains, snapshots, bitmaps, in both output formats', () => {
     for (const file of ['sparse.raw', 'disk.qcow2', 'overlay.qcow2']) {
-      for (const target of [[], ['-O', 'qcow2'], ['-O', 'qcow2', '-o', 'cluster_size=512'], ['-O', 'qcow2', '-o', 'cluster_size=2M,extended_l2=on'], ['-O', 'qcow2', '-o', 'compat=0.10']]) {
-        bothOutputs([...target, file], dir);
+      bothOutputs(['-O', 'qcow2', file], dir);
+      for (const target of [[], ['-O', 'qcow2', '-o', 'cluster_size=512'], ['-O', 'qcow2', '-o', 'cluster_size=2M,extended_l2=on'], ['-O', 'qcow2', '-o', 'compat=0.10']]) {
+        expectSameMeasure(['--output=json', ...target, file], dir);
       }
     }
     bothOutputs(['-f', 'raw', '-O', 'qcow2', 'sparse.raw'], dir);
@@ -169,7 +167,7 @@ describe.runIf(withQemu)('qcowkit measure against qemu-img measure', () => {
     bothOutputs(['-U', '-O', 'qcow2', '-o', 'backing_file=', 'disk.qcow2'], dir);
     bothOutputs(['-O', 'qcow2', '-o', 'preallocation=full', 'overlay.qcow2'], dir);
     bothOutputs(['-O', 'qcow2', '-o', 'size=1G', 'sparse.raw'], dir);
-    for (const l of ['first', '1', 'snapshot.name=first', 'snapshot.id=1', 'snapshot.id=1,snapshot.name=first']) bothOutputs(['-O', 'qcow2', '-l', l, 'disk.qcow2'], dir);
+    for (const l of ['first', '1', 'snapshot.name=first', 'snapshot.id=1', 'snapshot.id=1,snapshot.name=first']) expectSameMeasure(['-O', 'qcow2', '-l', l, 'disk.qcow2'], dir);
   });
 
   it('-s ID_OR_NAME (a qcowkit extension) is -l ID_OR_NAME', () => {
@@ -182,8 +180,7 @@ describe.runIf(withQemu)('qcowkit measure against qemu-img measure', () => {
   it('every image of the committed corpus', () => {
     const corpus = corpusDir();
     for (const image of loadManifest(corpus)) {
-      bothOutputs(['-O', 'qcow2', image.file], corpus);
-      expectSameMeasure(['--output=json', image.file], corpus);
+      expectSameMeasure(['-O', 'qcow2', image.file], corpus);
     }
   });
 

@@ -1,7 +1,7 @@
 import type { BlockDevice } from '../device/block-device.js';
 import type { Qcow2Device } from '../device/qcow2-device.js';
 import { alignedDataRanges } from './aligned-ranges.js';
-import { isZero } from './zero-detect.js';
+import { firstDifference, isZero } from './zero-detect.js';
 
 /** Compresses one cluster; returns undefined when compression does not make it smaller than a cluster. */
 export type ClusterCompressor = (cluster: Uint8Array) => Promise<Uint8Array | undefined>;
@@ -9,6 +9,11 @@ export type ClusterCompressor = (cluster: Uint8Array) => Promise<Uint8Array | un
 export interface ConvertToQcow2Options {
   /** Write compressed clusters (qemu-img convert -c) with this compressor. */
   compress?: ClusterCompressor;
+  /**
+   * The target's backing file (qemu-img convert -B): only clusters whose contents differ from it are written,
+   * and clusters the source has as zeros over backing data become zero clusters.
+   */
+  backing?: BlockDevice;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -21,6 +26,10 @@ const CHUNK = 4 * 1024 * 1024;
  * the writer allocates them contiguously; the next chunk is read while the previous one is written.
  */
 export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, options: ConvertToQcow2Options = {}): Promise<void> {
+  if (options.backing !== undefined) {
+    await convertOverBacking(source, target, options.backing, options);
+    return;
+  }
   const clusterSize = target.image.clusterSize;
   const chunkSize = Math.max(CHUNK, clusterSize);
   const total = source.size;
@@ -73,4 +82,64 @@ async function writeCompressedClusters(target: Qcow2Device, chunk: Uint8Array, o
     if (stored === undefined) await target.write(data, offset + at);
     else await target.writeCompressed(offset + at, stored);
   }
+}
+
+/**
+ * convert -B: walks the ranges where the source or the backing file holds data (ranges empty in both need
+ * nothing), compares cluster by cluster, and writes only the differences.
+ */
+async function convertOverBacking(source: BlockDevice, target: Qcow2Device, backing: BlockDevice, options: ConvertToQcow2Options): Promise<void> {
+  const clusterSize = target.image.clusterSize;
+  const chunkSize = Math.max(CHUNK, clusterSize);
+  const total = source.size;
+  const sourceChunk = new Uint8Array(chunkSize);
+  const backingChunk = new Uint8Array(chunkSize);
+  const ranges = mergeRanges(
+    (await collect(alignedDataRanges(source, clusterSize))).concat(
+      (await collect(alignedDataRanges(backing, clusterSize))).filter((r) => r.offset < total).map((r) => ({ offset: r.offset, length: Math.min(r.length, total - r.offset) })),
+    ),
+  );
+  for (const range of ranges) {
+    const end = range.offset + range.length;
+    for (let pos = range.offset; pos < end; pos += chunkSize) {
+      const n = Math.min(chunkSize, end - pos);
+      const src = sourceChunk.subarray(0, n);
+      const base = backingChunk.subarray(0, n);
+      await source.read(src, pos);
+      const inBacking = Math.max(0, Math.min(n, backing.size - pos));
+      if (inBacking > 0) await backing.read(base.subarray(0, inBacking), pos);
+      base.fill(0, inBacking);
+      for (let at = 0; at < n; at += clusterSize) {
+        const a = src.subarray(at, at + clusterSize);
+        const b = base.subarray(at, at + clusterSize);
+        if (firstDifference(a, b) < 0) continue;
+        if (isZero(a)) await target.writeZeroes(pos + at, a.length);
+        else if (options.compress !== undefined && a.length === clusterSize) {
+          const stored = await options.compress(a);
+          if (stored === undefined) await target.write(a, pos + at);
+          else await target.writeCompressed(pos + at, stored);
+        } else await target.write(a, pos + at);
+      }
+      options.onProgress?.(pos + n, total);
+    }
+  }
+  await target.flush();
+  options.onProgress?.(total, total);
+}
+
+async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of items) out.push(item);
+  return out;
+}
+
+function mergeRanges(ranges: Array<{ offset: number; length: number }>): Array<{ offset: number; length: number }> {
+  const sorted = ranges.filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);
+  const out: Array<{ offset: number; length: number }> = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last !== undefined && r.offset <= last.offset + last.length) last.length = Math.max(last.length, r.offset + r.length - last.offset);
+    else out.push({ ...r });
+  }
+  return out;
 }

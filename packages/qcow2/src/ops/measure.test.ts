@@ -8,6 +8,7 @@ import { Qcow2Device } from '../device/qcow2-device.js';
 import { RawDevice } from '../device/raw-device.js';
 import { Qcow2Error } from '../errors.js';
 import { MemoryStorage } from '../io/memory-storage.js';
+import type { Storage, StorageRegion } from '../io/storage.js';
 import { openImageFile } from '../node/index.js';
 import {
   dataClusterBytes,
@@ -123,7 +124,6 @@ describe('measure arithmetic (no qemu needed)', () => {
 
   it('counts each target cluster holding data once, however many extents touch it', async () => {
     // 256 KiB raw disk: data at [1000, 1100), [3000, 5000), [70000, 70001), the rest holes.
-    const storage = new MemoryStorage(new Uint8Array(256 * KiB), { name: 'mem.raw' });
     const regions = [
       { offset: 0, length: 1000, hole: true },
       { offset: 1000, length: 100, hole: false },
@@ -133,13 +133,14 @@ describe('measure arithmetic (no qemu needed)', () => {
       { offset: 70000, length: 1, hole: false },
       { offset: 70001, length: 256 * KiB - 70001, hole: true },
     ];
-    storage.dataRegions = async (offset: number, length: number) =>
+    const dataRegions = async (offset: number, length: number): Promise<StorageRegion[]> =>
       regions
         .filter((r) => r.offset < offset + length && r.offset + r.length > offset)
         .map((r) => {
           const start = Math.max(r.offset, offset);
           return { offset: start, length: Math.min(r.offset + r.length, offset + length) - start, hole: r.hole };
         });
+    const storage: Storage = Object.assign(new MemoryStorage(new Uint8Array(256 * KiB), { name: 'mem.raw' }), { dataRegions });
     const device = await RawDevice.open(storage);
     expect(await dataClusterBytes(device, 512)).toBe(BigInt(512 * (2 + 5 + 1))); // [512,1536) [2560,5120) [69632,70144)
     expect(await dataClusterBytes(device, 4096)).toBe(BigInt(4096 * 3)); // clusters 0, 1, 17
