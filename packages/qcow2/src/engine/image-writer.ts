@@ -6,6 +6,7 @@ import { viewOf, writeU64 } from '../format/struct.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import { Refcounts } from './refcounts.js';
 import { SegmentKind } from './segments.js';
+import { writeSubclusters, type SubclusterContext } from './subcluster-write.js';
 
 /** Reads what lies below this image (the backing chain, or zeros) for guest bytes it does not hold. */
 export type BelowReader = (dest: Uint8Array, guestOffset: number) => Promise<void>;
@@ -123,14 +124,32 @@ export class Qcow2Writer {
     };
     for (let cluster = firstCluster; cluster <= lastCluster; cluster++) {
       const index = cluster - tableFirstCluster;
+      const clusterStart = cluster * clusterSize;
+      const partial = clusterStart < offset || clusterStart + clusterSize > end;
+      if (extendedL2 && partial && clusterStart + clusterSize <= this.image.virtualSize) {
+        // A partial write touches only some subclusters: handled per cluster, the rest keep their state.
+        await flushRun(cluster);
+        runInPlace = undefined;
+        const from = Math.max(offset, clusterStart);
+        const to = Math.min(end, clusterStart + clusterSize);
+        await writeSubclusters(this.subclusterContext(below), l2Offset, view, index, clusterStart, from, data.subarray(from - offset, to - offset));
+        runStart = cluster + 1;
+        continue;
+      }
       const hi = view.getUint32(index * l2EntryBytes);
       const lo = view.getUint32(index * l2EntryBytes + 4);
       const host = entryHostOffset(hi, lo);
       const copied = (hi & COPIED_HI) !== 0;
       const compressed = (hi & COMPRESSED_HI) !== 0;
       const allocated = !compressed && (host !== 0 || (externalDataFile && copied));
-      const fullyAllocated = extendedL2 ? view.getUint32(index * l2EntryBytes + 12) === FULL_SUBCLUSTER_BITMAP : (lo & ZERO_LO) === 0;
+      // An extended L2 cluster written whole can stay in place whatever its bitmap says (it becomes fully allocated).
+      const fullyAllocated = extendedL2 ? !partial : (lo & ZERO_LO) === 0;
       const inPlace = allocated && copied && fullyAllocated;
+      if (inPlace && extendedL2) {
+        view.setUint32(index * l2EntryBytes + 8, 0);
+        view.setUint32(index * l2EntryBytes + 12, FULL_SUBCLUSTER_BITMAP);
+        this.image.l2Cache.markDirty(l2Offset);
+      }
       const continues =
         runInPlace === inPlace && (!inPlace || runHost + (cluster - runStart) * clusterSize === host);
       if (!continues) {
@@ -142,6 +161,16 @@ export class Qcow2Writer {
     }
     await flushRun(lastCluster + 1);
     this.updateFileSize();
+  }
+
+  private subclusterContext(below: BelowReader): SubclusterContext {
+    return {
+      image: this.image,
+      below,
+      allocateCluster: async () => (this.image.layout.externalDataFile ? undefined : this.refcounts.allocate(1)),
+      freeEntry: (hi, lo) => this.queueFreeOfEntry(hi, lo, this.image.layout.clusterBits, this.image.layout.externalDataFile),
+      readOwnCluster: (guestOffset, dest) => this.readOwnCluster(guestOffset, dest, below),
+    };
   }
 
   /**

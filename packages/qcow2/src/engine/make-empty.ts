@@ -56,20 +56,16 @@ export async function makeEmpty(image: Qcow2Image, options: { durable?: boolean 
     if (offset !== 0) tables.push(offset);
   }
   if (tables.length > 0) {
-    // Read the tables before their pointers go (they stay on disk until their refcounts drop, but the cache
-    // must not be asked for them after that).
-    const contents: Uint8Array[] = [];
-    for (const offset of tables) contents.push((await image.l2Table(offset)).slice());
-
     // (1) Pointers cleared, in one write of the whole table, and on stable storage before any refcount drops.
     await image.storage.write(new Uint8Array(l1.bytes.length), header.l1TableOffset);
     if (durable) await image.storage.flush();
     l1.bytes.fill(0);
 
     // (2) Refcounts down: every cluster each table reached (once per reference, as qemu counts a cluster once
-    // for every L1 table that reaches it), then the table itself.
+    // for every L1 table that reaches it), then the table itself. The tables are still on disk: nothing can
+    // reuse their clusters before their own refcount drops, last.
     for (let t = 0; t < tables.length; t++) {
-      const view = viewOf(contents[t]!);
+      const view = viewOf(await image.l2Table(tables[t]!));
       for (let i = 0; i < l2Entries; i++) {
         const hi = view.getUint32(i * l2EntryBytes);
         const lo = view.getUint32(i * l2EntryBytes + 4);

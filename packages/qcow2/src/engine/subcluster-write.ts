@@ -1,0 +1,94 @@
+import { COMPRESSED_HI, COPIED_HI, entryHostOffset } from '../format/table-entries.js';
+import type { BelowReader } from './image-writer.js';
+import type { Qcow2Image } from './qcow2-image.js';
+
+/** What a subcluster write needs from the writer. */
+export interface SubclusterContext {
+  image: Qcow2Image;
+  below: BelowReader;
+  /** A new host cluster with refcount 1, or undefined with an external data file (guest offset = host offset). */
+  allocateCluster(): Promise<number | undefined>;
+  /** Queues releasing what an old L2 entry pointed at, once the new entry is written. */
+  freeEntry(hi: number, lo: number): void;
+  /** The current guest contents of one whole cluster of this image. */
+  readOwnCluster(guestOffset: number, dest: Uint8Array): Promise<void>;
+}
+
+const FULL = 0xffffffff;
+
+function subclusterMask(first: number, last: number): number {
+  // Bits first..last inclusive (0..31).
+  const width = last - first + 1;
+  return width === 32 ? FULL : (((1 << width) - 1) << first) >>> 0;
+}
+
+/**
+ * A write that covers part of one cluster of an extended-L2 image, as qemu does it: only the subclusters the
+ * write touches become allocated; the others keep reading from below or as zeros. A subcluster touched only
+ * partly is completed from what it read before. An allocated, unshared cluster is written in place; an
+ * unallocated one gets a new cluster holding just the touched subclusters; a cluster shared with a snapshot
+ * (COPIED clear) is copied whole first; a compressed cluster is decompressed into a fully allocated one.
+ */
+export async function writeSubclusters(
+  context: SubclusterContext,
+  l2Offset: number,
+  view: DataView,
+  index: number,
+  clusterStart: number,
+  from: number,
+  data: Uint8Array,
+): Promise<void> {
+  const { image } = context;
+  const { clusterSize, subclusterSize, l2EntryBytes, externalDataFile } = image.layout;
+  const at = index * l2EntryBytes;
+  const hi = view.getUint32(at);
+  const lo = view.getUint32(at + 4);
+  const zeroBits = view.getUint32(at + 8);
+  const allocBits = view.getUint32(at + 12);
+  const compressed = (hi & COMPRESSED_HI) !== 0;
+  const copied = (hi & COPIED_HI) !== 0;
+  const host = compressed ? 0 : entryHostOffset(hi, lo);
+  const allocated = !compressed && (host !== 0 || (externalDataFile && copied));
+
+  const first = Math.floor((from - clusterStart) / subclusterSize);
+  const last = Math.floor((from + data.length - 1 - clusterStart) / subclusterSize);
+  const touched = subclusterMask(first, last);
+  image.l2Cache.markDirty(l2Offset);
+
+  // The whole cluster as the guest sees it now, only when something must be carried over.
+  const needsOld = compressed || (allocated && !copied) || (from - clusterStart) % subclusterSize !== 0 || (from + data.length - clusterStart) % subclusterSize !== 0;
+  const buffer = new Uint8Array(clusterSize);
+  if (needsOld) await context.readOwnCluster(clusterStart, buffer);
+  buffer.set(data, from - clusterStart);
+
+  const spanStart = first * subclusterSize;
+  const spanEnd = (last + 1) * subclusterSize;
+  let newHost: number;
+  let newAlloc: number;
+  if (allocated && copied) {
+    newHost = host;
+    newAlloc = (allocBits | touched) >>> 0;
+    await image.dataStorage.write(buffer.subarray(spanStart, spanEnd), host + spanStart);
+  } else {
+    newHost = (await context.allocateCluster()) ?? clusterStart;
+    if (compressed) {
+      newAlloc = FULL;
+      await image.dataStorage.write(buffer, newHost);
+    } else if (allocated) {
+      // Shared with a snapshot: keep every subcluster that held data, plus the new ones.
+      newAlloc = (allocBits | touched) >>> 0;
+      await image.dataStorage.write(buffer, newHost);
+      context.freeEntry(hi, lo);
+    } else {
+      newAlloc = touched;
+      await image.dataStorage.write(buffer.subarray(spanStart, spanEnd), newHost + spanStart);
+    }
+    if (compressed) context.freeEntry(hi, lo);
+  }
+  view.setUint32(at, (COPIED_HI | Math.floor(newHost / 0x100000000)) >>> 0);
+  view.setUint32(at + 4, newHost >>> 0);
+  view.setUint32(at + 8, newAlloc === FULL ? 0 : (zeroBits & ~touched) >>> 0);
+  view.setUint32(at + 12, newAlloc);
+  const end = newHost + clusterSize;
+  if (!externalDataFile && end > image.fileSize) image.fileSize = end;
+}
