@@ -46,3 +46,8 @@ export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } fr
 export { measureImage, measureNewImage, qcow2FullyAllocatedSize, refcountMetadataSize, dataClusterBytes, persistentBitmapsSize, hasMetadataPreallocation, type MeasureOptions, type MeasureResult } from './ops/measure.js';
 export { createSnapshot, applySnapshot, deleteSnapshot, recomputeCopied, type CreateSnapshotOptions } from './engine/snapshots.js';
 export { ConcatDevice } from './device/concat-device.js';
+export { setBackingReference, type BackingReference } from './engine/backing-reference.js';
+export { makeEmpty, type MakeEmptyResult } from './engine/make-empty.js';
+export { commitImage, commitPlan, commitIntoBase, emptyImageFile, findBackingDepth, chainLayers, type CommitOptions, type CommitResult, type CommitRange } from './ops/commit.js';
+export { rebaseImage, rebaseOnto, type RebaseOptions, type RebaseOntoOptions, type RebaseResult } from './ops/rebase.js';
+export { buildChainTree, type ChainTree, type ChainTreeOptions, type ChainImage, type ChainProblem, type ChainProblemCode, type ChainRole, type ChainSnapshot } from './ops/chain-tree.js';

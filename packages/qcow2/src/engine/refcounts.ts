@@ -131,20 +131,42 @@ export class Refcounts {
   }
 
   private async adjustExisting(cluster: number, count: number, delta: number): Promise<void> {
-    for (let c = cluster; c < cluster + count; c++) {
-      const block = await this.block(Math.floor(c / this.entriesPerBlock));
+    const end = cluster + count;
+    // One block lookup per block range, then a synchronous loop: snapshot create touches every cluster.
+    for (let c = cluster; c < end; ) {
+      const blockIndex = Math.floor(c / this.entriesPerBlock);
+      const block = await this.block(blockIndex);
       if (block === undefined) throw new Qcow2Error('BAD_HEADER', `cluster ${c} has no refcount block`);
-      const index = c % this.entriesPerBlock;
-      const value = getRefcount(block.view, index, this.layout.refcountBits) + delta;
-      if (value < 0) throw new Qcow2Error('BAD_HEADER', `refcount of cluster ${c} would drop below zero`);
-      if (value > this.max) throw new Qcow2Error('BAD_ARGUMENT', `refcount of cluster ${c} would overflow ${this.layout.refcountBits} bits`);
-      setRefcount(block.view, index, this.layout.refcountBits, value);
-      block.dirty = true;
-      if (value === 0) {
-        this.freeHint = Math.min(this.freeHint, c);
-        this.runHint = Math.min(this.runHint, c);
+      const blockEnd = Math.min(end, (blockIndex + 1) * this.entriesPerBlock);
+      for (; c < blockEnd; c++) {
+        const index = c % this.entriesPerBlock;
+        const value = getRefcount(block.view, index, this.layout.refcountBits) + delta;
+        if (value < 0) throw new Qcow2Error('BAD_HEADER', `refcount of cluster ${c} would drop below zero`);
+        if (value > this.max) throw new Qcow2Error('BAD_ARGUMENT', `refcount of cluster ${c} would overflow ${this.layout.refcountBits} bits`);
+        setRefcount(block.view, index, this.layout.refcountBits, value);
+        if (value === 0) {
+          this.freeHint = Math.min(this.freeHint, c);
+          this.runHint = Math.min(this.runHint, c);
+        }
       }
+      block.dirty = true;
     }
+  }
+
+  /** The largest refcount among clusters [cluster, cluster+count). */
+  async maxInRange(cluster: number, count: number): Promise<number> {
+    let max = 0;
+    const end = cluster + count;
+    for (let c = cluster; c < end; ) {
+      const blockIndex = Math.floor(c / this.entriesPerBlock);
+      const blockEnd = Math.min(end, (blockIndex + 1) * this.entriesPerBlock);
+      const block = await this.block(blockIndex);
+      if (block !== undefined) {
+        for (; c < blockEnd; c++) max = Math.max(max, getRefcount(block.view, c % this.entriesPerBlock, this.layout.refcountBits));
+      }
+      c = blockEnd;
+    }
+    return max;
   }
 
   /** Whether cluster `c` is free: no block for its range, or refcount 0. */
@@ -154,33 +176,39 @@ export class Refcounts {
 
   /**
    * Index of the first run of `count` free clusters at or after the free hint. The scan also moves the free hint
-   * to the first free cluster it met, since everything before that is in use (as qemu's scan does).
+   * to the first free cluster it met, since everything before that is in use (as qemu's scan does). It reads
+   * each refcount block once and scans it synchronously; a range with no block is free as a whole.
    */
   private async findFree(count: number): Promise<number> {
     const from = count > 1 ? Math.max(this.freeHint, this.runHint) : this.freeHint;
     let start = from;
     let run = 0;
     let firstFree = -1;
-    for (let c = from; ; c++) {
+    const found = (): number => {
+      if (from === this.freeHint && firstFree >= 0) this.freeHint = firstFree;
+      return start;
+    };
+    for (let c = from; ; ) {
       const blockIndex = Math.floor(c / this.entriesPerBlock);
-      const wholeRangeFree = (this.table[blockIndex] ?? 0) === 0 && c % this.entriesPerBlock === 0;
-      const free = wholeRangeFree || (await this.isFree(c));
-      if (free && firstFree < 0) firstFree = c;
-      if (!free) {
-        run = 0;
+      const blockEnd = (blockIndex + 1) * this.entriesPerBlock;
+      const block = await this.block(blockIndex);
+      if (block === undefined) {
+        // The whole rest of this range is free.
+        if (firstFree < 0) firstFree = c;
+        if (run === 0) start = c;
+        run += blockEnd - c;
+        if (run >= count) return found();
+        c = blockEnd;
         continue;
       }
-      if (run === 0) start = c;
-      if (wholeRangeFree) {
-        // A whole block range without a block is free: step over it at once.
-        run += this.entriesPerBlock;
-        c += this.entriesPerBlock - 1;
-      } else {
-        run++;
-      }
-      if (run >= count) {
-        if (from === this.freeHint) this.freeHint = firstFree;
-        return start;
+      for (; c < blockEnd; c++) {
+        if (getRefcount(block.view, c % this.entriesPerBlock, this.layout.refcountBits) !== 0) {
+          run = 0;
+          continue;
+        }
+        if (firstFree < 0) firstFree = c;
+        if (run === 0) start = c;
+        if (++run >= count) return found();
       }
     }
   }

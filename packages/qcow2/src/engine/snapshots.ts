@@ -25,12 +25,24 @@ import type { Qcow2Image } from './qcow2-image.js';
 
 const HEADER_SNAPSHOTS = 60; // nb_snapshots u32, then snapshots_offset u64
 
-/** Host clusters reached through an L1 table, with how many references each gets from it. */
-async function reachOf(image: Qcow2Image, l1: L1Table): Promise<Map<number, number>> {
+/**
+ * Host clusters reached through an L1 table: runs of consecutive clusters (L2 tables and data clusters, one
+ * reference each) and, counted separately because several streams may share a host cluster, the clusters
+ * compressed streams touch (one reference per stream per cluster).
+ */
+interface Reach {
+  runs: Array<[start: number, count: number]>;
+  compressed: Map<number, number>;
+}
+
+async function reachOf(image: Qcow2Image, l1: L1Table): Promise<Reach> {
   const { clusterSize, clusterBits, l2Entries, l2EntryBytes, externalDataFile } = image.layout;
-  const reach = new Map<number, number>();
+  const runs: Array<[number, number]> = [];
+  const compressed = new Map<number, number>();
   const add = (cluster: number): void => {
-    reach.set(cluster, (reach.get(cluster) ?? 0) + 1);
+    const last = runs[runs.length - 1];
+    if (last !== undefined && last[0] + last[1] === cluster) last[1]++;
+    else runs.push([cluster, 1]);
   };
   for (let i = 0; i < l1.entries; i++) {
     const l2Offset = entryHostOffset(l1.view.getUint32(i * 8), l1.view.getUint32(i * 8 + 4));
@@ -46,30 +58,35 @@ async function reachOf(image: Qcow2Image, l1: L1Table): Promise<Map<number, numb
         const start = hostOffset - (hostOffset % 512);
         const first = Math.floor(start / clusterSize);
         const last = Math.floor((start + (additionalSectors + 1) * 512 - 1) / clusterSize);
-        for (let c = first; c <= last; c++) add(c);
+        for (let c = first; c <= last; c++) compressed.set(c, (compressed.get(c) ?? 0) + 1);
         continue;
       }
       const host = entryHostOffset(hi, lo);
       if (host !== 0 && !externalDataFile) add(host / clusterSize);
     }
   }
-  return reach;
+  return { runs, compressed };
 }
 
-async function adjustReach(writer: Qcow2Writer, reach: Map<number, number>, sign: 1 | -1): Promise<void> {
-  for (const [cluster, count] of reach) await writer.refcounts.adjust(cluster, 1, sign * count);
+async function adjustReach(writer: Qcow2Writer, reach: Reach, sign: 1 | -1): Promise<void> {
+  for (const [start, count] of reach.runs) await writer.refcounts.adjust(start, count, sign);
+  for (const [cluster, count] of reach.compressed) await writer.refcounts.adjust(cluster, 1, sign * count);
 }
 
 /** Refuses (before anything is written) a reference increase some refcount cannot hold (1-bit refcounts…). */
-async function checkHeadroom(writer: Qcow2Writer, reach: Map<number, number>, image: Qcow2Image): Promise<void> {
-  for (const [cluster, count] of reach) {
-    if ((await writer.refcounts.get(cluster)) + count > writer.refcounts.max) {
-      throw new Qcow2Error(
-        'BAD_ARGUMENT',
-        `refcount of cluster ${cluster} would overflow ${image.layout.refcountBits}-bit refcounts; convert to a wider refcount_bits first`,
-        { file: image.name },
-      );
-    }
+async function checkHeadroom(writer: Qcow2Writer, reach: Reach, image: Qcow2Image): Promise<void> {
+  const refuse = (cluster: number): never => {
+    throw new Qcow2Error(
+      'BAD_ARGUMENT',
+      `refcount of cluster ${cluster} would overflow ${image.layout.refcountBits}-bit refcounts; convert to a wider refcount_bits first`,
+      { file: image.name },
+    );
+  };
+  for (const [start, count] of reach.runs) {
+    if ((await writer.refcounts.maxInRange(start, count)) + 1 > writer.refcounts.max) refuse(start);
+  }
+  for (const [cluster, count] of reach.compressed) {
+    if ((await writer.refcounts.get(cluster)) + count > writer.refcounts.max) refuse(cluster);
   }
 }
 

@@ -35,8 +35,10 @@ export function getRefcount(block: DataView, index: number, refcountBits: number
   }
 }
 
+const MAX_BY_WIDTH: Record<number, number> = { 1: 1, 2: 3, 4: 15, 8: 255, 16: 65535, 32: 4294967295, 64: Number.MAX_SAFE_INTEGER };
+
 export function setRefcount(block: DataView, index: number, refcountBits: number, value: number): void {
-  if (value < 0 || value > maxRefcount(refcountBits)) throw new RangeError(`refcount ${value} does not fit in ${refcountBits} bits`);
+  if (value < 0 || value > MAX_BY_WIDTH[refcountBits]!) throw new RangeError(`refcount ${value} does not fit in ${refcountBits} bits`);
   switch (refcountBits) {
     case 8:
       block.setUint8(index, value);

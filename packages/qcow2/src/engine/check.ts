@@ -1,0 +1,987 @@
+import { Qcow2Error } from '../errors.js';
+import { checkBitmapEntryConstraints, decodeBitmapDirectory, type BitmapDirectoryEntry } from '../format/bitmap-directory.js';
+import { AutoclearFeature, IncompatibleFeature, MAX_L1_BYTES, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_BYTES } from '../format/constants.js';
+import { bitmapsExtensionOf } from '../format/header-extensions.js';
+import { HEADER_PROBE_BYTES, decodeHeader, hasBit, probeClusterBits, type Qcow2Header } from '../format/header.js';
+import { getRefcount, refcountEntriesPerBlock } from '../format/refcount-block.js';
+import { readZeroPadded, type Storage } from '../io/storage.js';
+import { layoutOf, type ImageLayout } from './image-layout.js';
+import type { Qcow2Image } from './qcow2-image.js';
+
+/**
+ * qemu-img check for qcow2 (qemu 7.2's block/qcow2-refcount.c and qcow2-snapshot.c, rules re-derived, not
+ * copied): rebuild the reference count of every host cluster from the metadata, compare it with the stored
+ * refcounts, and check what qemu checks on the way (entry alignment, reserved bits, COPIED flags, references
+ * past the end of the file, subcluster bitmaps, refcount blocks, snapshot and bitmap tables).
+ *
+ * The rules, exactly as qemu applies them:
+ * - Counted once per reference: cluster 0 (the header); each L1 table (active and every snapshot's, l1_size * 8
+ *   bytes); each L2 table once per L1 entry naming it (an L2 table shared by the active L1 and a snapshot counts
+ *   twice); each normal or zero-allocated data cluster (`[offset, offset + cluster_size)`, so a misaligned entry
+ *   touches two clusters), except with an external data file; each compressed cluster over
+ *   `[coffset, coffset + (nb_sectors * 512 - (coffset & 511)))`, i.e. every host cluster touched by the sectors
+ *   `[coffset & ~511, (coffset & ~511) + nb_sectors * 512)`; the snapshot table (up to the end of the last
+ *   entry's name); the refcount table (all its clusters); every refcount block; and, when the bitmaps autoclear
+ *   bit is set, the bitmap directory, each bitmap table and every bitmap data cluster.
+ * - A region ending one cluster or more past the end of the file is not counted: it is a corruption.
+ * - VM state needs nothing special: it is guest data mapped through the snapshot's own L1 table.
+ * - Fragmentation, allocation and compression statistics come from the active L1 only.
+ *
+ * Memory is bounded by the file: one counter per host cluster in a typed array, never per guest cluster.
+ */
+
+/** One line of what the check found or did, as qemu prints it on stderr, with a machine-readable kind. */
+export interface CheckMessage {
+  kind: CheckProblemKind;
+  /** qemu's line, without the trailing newline. */
+  text: string;
+}
+
+export type CheckProblemKind =
+  /** A cluster's refcount is higher than its references ("Leaked cluster"). */
+  | 'leak'
+  /** A cluster's refcount is lower than its references ("ERROR cluster ... refcount=... reference=..."). */
+  | 'refcount-too-low'
+  | 'refcount-overflow'
+  /** A stored refcount could not be read (its refcount block offset is unaligned). */
+  | 'refcount-unreadable'
+  | 'copied-flag'
+  | 'reserved-bits'
+  | 'misaligned'
+  | 'past-end-of-file'
+  | 'subcluster-bitmap'
+  | 'compressed-cluster'
+  | 'refcount-block'
+  | 'snapshot'
+  | 'bitmap'
+  /** Progress of a repair: "Rebuilding refcount structure" and qemu's refusals. */
+  | 'repair';
+
+export interface CheckReport {
+  /** The image's name (its storage name). */
+  filename: string;
+  format: 'qcow2';
+  /** Internal errors (qemu's check-errors): the check could not look at everything. */
+  checkErrors: number;
+  corruptions: number;
+  leaks: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  /** One past the last cluster in use, in bytes (0 when nothing is in use). */
+  imageEndOffset: number;
+  /** Guest clusters: ceil(virtual size / cluster size). */
+  totalClusters: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+  /** Everything found (and repaired), in qemu's order and words. */
+  messages: CheckMessage[];
+  /**
+   * Set when the check stopped before the end (qemu-img prints "Check failed: <failure>", no report, and exits
+   * 1): the reason in qemu's words (strerror), such as "Input/output error". The counts are partial.
+   */
+  failure: string | undefined;
+}
+
+export interface CheckOptions {
+  /** Called with each message as it is found (the report keeps them all as well). */
+  onMessage?: (message: CheckMessage) => void;
+  /**
+   * The most host clusters (file size / cluster size) the check will hold a counter for; larger files are
+   * refused with a clear error rather than exhausting memory. Default 2^28 (1 GiB of counters).
+   */
+  maxClusters?: number;
+}
+
+export const DEFAULT_MAX_CHECK_CLUSTERS = 2 ** 28;
+
+/** qemu's QCOW_MAX_SNAPSHOTS. */
+const MAX_SNAPSHOTS_IN_TABLE = 65536;
+/** Fixed bytes of a snapshot table entry. */
+const SNAPSHOT_HEADER_BYTES = 40;
+/** The v3 minimum of extra data in a snapshot entry: vm_state_size_large and disk_size. */
+const V3_MIN_SNAPSHOT_EXTRA = 16;
+const TWO_32 = 0x100000000;
+
+/** Thrown inside the check to stop it the way qemu's `goto fail` does; turned into report.failure. */
+export class CheckAbort extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+  }
+}
+
+/** C's %lx of a 64-bit value given as halves. */
+export function hex64(hi: number, lo: number): string {
+  return hi === 0 ? (lo >>> 0).toString(16) : (hi >>> 0).toString(16) + (lo >>> 0).toString(16).padStart(8, '0');
+}
+
+/** C's %#lx: "0" for zero, else 0x-prefixed. */
+function hexAlt(value: number | bigint): string {
+  return value === 0 || value === 0n ? '0' : `0x${value.toString(16)}`;
+}
+
+/** Counters as qemu keeps them in BdrvCheckResult. */
+export interface CheckCounters {
+  checkErrors: number;
+  corruptions: number;
+  leaks: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+}
+
+export function zeroCounters(): CheckCounters {
+  return {
+    checkErrors: 0,
+    corruptions: 0,
+    leaks: 0,
+    corruptionsFixed: 0,
+    leaksFixed: 0,
+    allocatedClusters: 0,
+    fragmentedClusters: 0,
+    compressedClusters: 0,
+  };
+}
+
+/**
+ * The computed reference count of every host cluster (qemu's in-memory refcount table). One u32 per cluster;
+ * with 64-bit refcounts a count that reaches 2^32 - 1 continues in a small side map, so no width is lost.
+ */
+export class ReferenceCounts {
+  private counts: Uint32Array;
+  private overflow: Map<number, number> | undefined;
+  /** Clusters the comparison covers (qemu's nb_clusters): the file's clusters, grown by references past it. */
+  size: number;
+
+  constructor(
+    size: number,
+    private readonly limit: number,
+    readonly max: number,
+  ) {
+    this.size = size;
+    this.counts = new Uint32Array(Math.min(limit, size + 1));
+  }
+
+  get(cluster: number): number {
+    if (cluster >= this.counts.length) return 0;
+    const base = this.counts[cluster]!;
+    return base === 0xffffffff && this.overflow !== undefined ? base + (this.overflow.get(cluster) ?? 0) : base;
+  }
+
+  /** Makes room for `size` clusters (qemu's realloc_refcount_array); false when that exceeds the limit. */
+  grow(size: number): boolean {
+    if (size <= this.size) return true;
+    if (size > this.limit) return false;
+    if (size > this.counts.length) {
+      const grown = new Uint32Array(Math.min(this.limit, Math.max(size, Math.ceil(this.counts.length * 1.25))));
+      grown.set(this.counts);
+      this.counts = grown;
+    }
+    this.size = size;
+    return true;
+  }
+
+  /** Adds one reference; false when the count is already at the refcount maximum (qemu's overflow). */
+  increment(cluster: number): boolean {
+    const value = this.get(cluster);
+    if (value >= this.max) return false;
+    if (this.counts[cluster]! < 0xffffffff) {
+      this.counts[cluster] = this.counts[cluster]! + 1;
+    } else {
+      this.overflow ??= new Map();
+      this.overflow.set(cluster, (this.overflow.get(cluster) ?? 0) + 1);
+    }
+    return true;
+  }
+
+  /** Sets a count directly (a freshly allocated structure counts 1). */
+  set(cluster: number, value: number): void {
+    if (value >= 0xffffffff) {
+      this.counts[cluster] = 0xffffffff;
+      this.overflow ??= new Map();
+      this.overflow.set(cluster, value - 0xffffffff);
+    } else {
+      this.counts[cluster] = value;
+      this.overflow?.delete(cluster);
+    }
+  }
+
+  clear(size: number): void {
+    if (size + 1 > this.counts.length) this.counts = new Uint32Array(Math.min(this.limit, size + 1));
+    this.counts.fill(0);
+    this.overflow = undefined;
+    this.size = size;
+  }
+}
+
+/** One loaded refcount block of the stored refcounts. */
+interface LoadedBlock {
+  bytes: Uint8Array;
+  view: DataView;
+  dirty: boolean;
+}
+
+/** Refcount table entries as stored: reserved bits included, offsets in halves. */
+export interface RefcountTableEntries {
+  hi: Uint32Array;
+  lo: Uint32Array;
+}
+
+/**
+ * The refcounts stored in the image, read as qemu's qcow2_get_refcount does: no table entry or a zero entry
+ * means 0, reserved bits are ignored, an unaligned block offset makes the refcount unreadable, and a block
+ * past the end of the file reads as zeros. Repairs write through it, so later reads see the fixed values.
+ */
+export class StoredRefcounts {
+  readonly entriesPerBlock: number;
+  private readonly blocks = new Map<number, LoadedBlock>();
+  private signaled = false;
+
+  constructor(
+    private readonly storage: Storage,
+    private readonly layout: ImageLayout,
+    readonly table: RefcountTableEntries,
+    private readonly report: (kind: CheckProblemKind, text: string) => void,
+  ) {
+    this.entriesPerBlock = refcountEntriesPerBlock(layout.clusterSize, layout.refcountBits);
+  }
+
+  static async load(storage: Storage, layout: ImageLayout, header: Qcow2Header, report: (kind: CheckProblemKind, text: string) => void): Promise<StoredRefcounts> {
+    const entries = (header.refcountTableClusters * layout.clusterSize) / 8;
+    const bytes = new Uint8Array(entries * 8);
+    await readZeroPadded(storage, bytes, header.refcountTableOffset);
+    const view = new DataView(bytes.buffer);
+    const hi = new Uint32Array(entries);
+    const lo = new Uint32Array(entries);
+    for (let i = 0; i < entries; i++) {
+      hi[i] = view.getUint32(i * 8);
+      lo[i] = view.getUint32(i * 8 + 4);
+    }
+    return new StoredRefcounts(storage, layout, { hi, lo }, report);
+  }
+
+  /** Host offset of refcount block `index` (reserved bits masked), 0 when none. */
+  blockOffset(index: number): number {
+    if (index >= this.table.hi.length) return 0;
+    return this.table.hi[index]! * TWO_32 + ((this.table.lo[index]! & 0xfffffe00) >>> 0);
+  }
+
+  private async block(index: number): Promise<LoadedBlock | undefined | 'unaligned'> {
+    const offset = this.blockOffset(index);
+    if (offset === 0) return undefined;
+    if ((this.table.lo[index]! & (this.layout.clusterSize - 1) & ~0x1ff) !== 0) {
+      if (!this.signaled) {
+        this.signaled = true;
+        this.report(
+          'refcount-unreadable',
+          `qcow2: Image is corrupt: Refblock offset ${hexAlt(offset)} unaligned (reftable index: ${hexAlt(index)}); further non-fatal corruption events will be suppressed`,
+        );
+      }
+      return 'unaligned';
+    }
+    let block = this.blocks.get(index);
+    if (block === undefined) {
+      await this.evict();
+      const bytes = new Uint8Array(this.layout.clusterSize);
+      await readZeroPadded(this.storage, bytes, offset);
+      block = { bytes, view: new DataView(bytes.buffer), dirty: false };
+      this.blocks.set(index, block);
+    } else {
+      // Most recently used last.
+      this.blocks.delete(index);
+      this.blocks.set(index, block);
+    }
+    return block;
+  }
+
+  private async evict(): Promise<void> {
+    if (this.blocks.size < 64) return;
+    for (const [index, block] of this.blocks) {
+      if (block.dirty) await this.writeBlock(index, block);
+      this.blocks.delete(index);
+      if (this.blocks.size < 64) return;
+    }
+  }
+
+  /** The stored refcount of `cluster`, or undefined when it cannot be read. */
+  async get(cluster: number): Promise<number | undefined> {
+    const index = Math.floor(cluster / this.entriesPerBlock);
+    const block = await this.block(index);
+    if (block === undefined) return 0;
+    if (block === 'unaligned') return undefined;
+    const at = cluster % this.entriesPerBlock;
+    if (this.layout.refcountBits === 64) {
+      // Garbage above 2^53 stays a (large, inexact) number rather than an exception: it is reported, not used.
+      return block.view.getUint32(at * 8) * TWO_32 + block.view.getUint32(at * 8 + 4);
+    }
+    return getRefcount(block.view, at, this.layout.refcountBits);
+  }
+
+  /** Sets a stored refcount in its (existing, aligned) block; written back by flush(). False when impossible. */
+  async set(cluster: number, value: number): Promise<boolean> {
+    const index = Math.floor(cluster / this.entriesPerBlock);
+    const block = await this.block(index);
+    if (block === undefined || block === 'unaligned') return false;
+    const at = cluster % this.entriesPerBlock;
+    const bits = this.layout.refcountBits;
+    if (bits === 64) {
+      block.view.setUint32(at * 8, Math.floor(value / TWO_32));
+      block.view.setUint32(at * 8 + 4, value >>> 0);
+    } else if (bits >= 8) {
+      if (bits === 8) block.view.setUint8(at, value);
+      else if (bits === 16) block.view.setUint16(at * 2, value);
+      else block.view.setUint32(at * 4, value);
+    } else {
+      const bit = at * bits;
+      const mask = ((1 << bits) - 1) << (bit & 7);
+      const byte = block.view.getUint8(bit >>> 3);
+      block.view.setUint8(bit >>> 3, (byte & ~mask) | ((value << (bit & 7)) & mask));
+    }
+    block.dirty = true;
+    return true;
+  }
+
+  private async writeBlock(index: number, block: LoadedBlock): Promise<void> {
+    await this.storage.write(block.bytes, this.blockOffset(index));
+    block.dirty = false;
+  }
+
+  /** Writes the blocks changed by set(). */
+  async flush(): Promise<void> {
+    for (const [index, block] of this.blocks) if (block.dirty) await this.writeBlock(index, block);
+  }
+}
+
+/** A snapshot table entry as the check needs it. */
+export interface CheckedSnapshot {
+  l1TableOffset: number;
+  l1Size: number;
+  id: string;
+  name: string;
+  extraDataSize: number;
+}
+
+interface BitmapsToCount {
+  directoryOffset: number;
+  directorySize: number;
+  nbBitmaps: number;
+}
+
+/**
+ * One check pass over an image, in qemu's order. The `fix*` flags and the `repair*` hooks are what a repair
+ * (engine/repair.ts) overrides; here every hook declines, so nothing is written.
+ */
+export class ImageChecker {
+  header!: Qcow2Header;
+  layout!: ImageLayout;
+  fileSize = 0;
+  refs!: ReferenceCounts;
+  stored!: StoredRefcounts;
+  snapshots: CheckedSnapshot[] = [];
+  snapshotTableSize = 0;
+  res: CheckCounters = zeroCounters();
+  /** Corruptions found in the snapshot table itself (qemu counts them apart, to rewrite the table). */
+  snapshotCorruptions = 0;
+  rebuild = false;
+  highestCluster = 0;
+  /** Clusters counted for the refcount table and blocks (a rebuild replaces these references). */
+  refcountStructureRefs: number[] = [];
+  readonly messages: CheckMessage[] = [];
+  fixLeaks = false;
+  fixErrors = false;
+  protected readonly maxClusters: number;
+
+  constructor(
+    readonly storage: Storage,
+    readonly name: string,
+    protected readonly options: CheckOptions = {},
+  ) {
+    this.maxClusters = options.maxClusters ?? DEFAULT_MAX_CHECK_CLUSTERS;
+  }
+
+  get clusterSize(): number {
+    return this.layout.clusterSize;
+  }
+
+  message(kind: CheckProblemKind, text: string): void {
+    const message = { kind, text };
+    this.messages.push(message);
+    this.options.onMessage?.(message);
+  }
+
+  /** Reads the header and the refcount table afresh from the file (a repair may have moved them). */
+  async load(): Promise<void> {
+    this.fileSize = await this.storage.size();
+    const probe = new Uint8Array(Math.min(this.fileSize, HEADER_PROBE_BYTES));
+    await this.storage.read(probe, 0);
+    const clusterBits = probeClusterBits(probe);
+    const cluster0 = new Uint8Array(Math.min(this.fileSize, 2 ** clusterBits));
+    await this.storage.read(cluster0, 0);
+    this.header = decodeHeader(cluster0);
+    this.layout = layoutOf(this.header);
+    this.stored = await StoredRefcounts.load(this.storage, this.layout, this.header, (kind, text) => this.message(kind, text));
+  }
+
+  /** Clusters the file spans (qemu's size_to_clusters of its length). */
+  fileClusters(): number {
+    return Math.ceil(this.fileSize / this.clusterSize);
+  }
+
+  /** A fresh counter array for the file; refuses files too large to check within the memory bound. */
+  newReferenceCounts(): ReferenceCounts {
+    const clusters = this.fileClusters();
+    if (clusters > this.maxClusters) {
+      throw new Qcow2Error(
+        'OUT_OF_RANGE',
+        `image file too large to check: ${clusters} clusters of ${this.clusterSize} bytes, more than the ${this.maxClusters} this check holds in memory`,
+        { file: this.name },
+      );
+    }
+    const bits = this.layout.refcountBits;
+    return new ReferenceCounts(clusters, this.maxClusters + 1, bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1);
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Snapshot table (qcow2_check_read_snapshot_table)
+
+  async readSnapshotTable(): Promise<void> {
+    const { nbSnapshots, snapshotsOffset } = this.header;
+    this.snapshots = [];
+    this.snapshotTableSize = 0;
+    if (nbSnapshots > MAX_SNAPSHOTS_IN_TABLE || snapshotsOffset % this.clusterSize !== 0) {
+      // Qcow2Image.open refuses these; a caller that checks a raw storage gets qemu's error.
+      this.res.checkErrors++;
+      this.message('snapshot', nbSnapshots > MAX_SNAPSHOTS_IN_TABLE ? 'ERROR snapshot table too large' : 'ERROR snapshot table offset invalid');
+      throw new CheckAbort(nbSnapshots > MAX_SNAPSHOTS_IN_TABLE ? 'File too large' : 'Invalid argument');
+    }
+    if (nbSnapshots === 0) return;
+    const reader = new SequentialReader(this.storage, snapshotsOffset);
+    let position = 0;
+    for (let i = 0; i < nbSnapshots; i++) {
+      position = (position + 7) & ~7;
+      const fixed = await reader.read(position, SNAPSHOT_HEADER_BYTES);
+      const view = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
+      const l1Hi = view.getUint32(0);
+      const l1Lo = view.getUint32(4);
+      const l1Size = view.getUint32(8);
+      const idSize = view.getUint16(12);
+      const nameSize = view.getUint16(14);
+      const extraDataSize = view.getUint32(36);
+      if (extraDataSize > MAX_SNAPSHOT_EXTRA_DATA) {
+        this.res.checkErrors++;
+        this.message('snapshot', `ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry ${i}`);
+        throw new CheckAbort('File too large');
+      }
+      const idStart = position + SNAPSHOT_HEADER_BYTES + extraDataSize;
+      const id = new TextDecoder().decode(await reader.read(idStart, idSize));
+      const name = new TextDecoder().decode(await reader.read(idStart + idSize, nameSize));
+      position = idStart + idSize + nameSize;
+      if (position > MAX_SNAPSHOT_TABLE_BYTES) {
+        this.res.checkErrors++;
+        this.message('snapshot', 'ERROR failed to read the snapshot table: Snapshot table is too big');
+        throw new CheckAbort('File too large');
+      }
+      this.snapshots.push({ l1TableOffset: l1Hi * TWO_32 + l1Lo, l1Size, id, name, extraDataSize });
+    }
+    this.snapshotTableSize = position;
+    if (this.header.version >= 3) {
+      this.snapshots.forEach((snapshot, i) => {
+        if (snapshot.extraDataSize < V3_MIN_SNAPSHOT_EXTRA) {
+          this.snapshotCorruptions++;
+          this.message('snapshot', `${this.fixErrors ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`);
+        }
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Counting references (calculate_refcounts)
+
+  /**
+   * qemu's qcow2_inc_refcounts_imrt: one reference to every cluster touched by [offset, offset+size). A region
+   * ending a cluster or more past the end of the file is a corruption and is not counted.
+   */
+  incRefcounts(offset: number | bigint, size: number, record?: number[]): void {
+    if (size <= 0) return;
+    const cs = this.clusterSize;
+    if (typeof offset === 'bigint' || offset + size - this.fileSize >= cs) {
+      this.message(
+        'past-end-of-file',
+        `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${offset.toString(16)} size 0x${size.toString(16)}`,
+      );
+      this.res.corruptions++;
+      return;
+    }
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + size - 1) / cs);
+    for (let k = first; k <= last; k++) {
+      if (k >= this.refs.size && !this.refs.grow(k + 1)) {
+        this.res.checkErrors++;
+        throw new CheckAbort('Cannot allocate memory');
+      }
+      if (this.refs.increment(k)) {
+        record?.push(k);
+      } else {
+        this.message('refcount-overflow', `ERROR: overflow cluster offset=0x${(k * cs).toString(16)}`);
+        this.message(
+          'refcount-overflow',
+          'Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing',
+        );
+        this.res.corruptions++;
+      }
+    }
+  }
+
+  /** Header, active L1, snapshots, snapshot table, refcount table, bitmaps, refcount blocks. */
+  async calculateRefcounts(): Promise<void> {
+    this.refcountStructureRefs = [];
+    this.incRefcounts(0, this.clusterSize);
+    await this.checkL1(this.header.l1TableOffset, this.header.l1Size, true, true);
+    if (this.layout.externalDataFile && this.snapshots.length > 0) {
+      this.message('snapshot', `ERROR ${this.snapshots.length} snapshots in image with data file`);
+      this.res.corruptions++;
+    }
+    for (const sn of this.snapshots) {
+      if (sn.l1TableOffset % this.clusterSize !== 0) {
+        this.message(
+          'snapshot',
+          `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${hexAlt(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
+        );
+        this.res.corruptions++;
+        continue;
+      }
+      if (sn.l1Size > MAX_L1_BYTES / 8) {
+        this.message('snapshot', `ERROR snapshot ${sn.id} (${sn.name}) l1_size=${hexAlt(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`);
+        this.res.corruptions++;
+        continue;
+      }
+      await this.checkL1(sn.l1TableOffset, sn.l1Size, false, false);
+    }
+    this.incRefcounts(this.header.snapshotsOffset, this.snapshotTableSize);
+    this.countRefcountTable();
+    await this.countBitmaps();
+    await this.checkRefblocks();
+  }
+
+  countRefcountTable(): void {
+    this.incRefcounts(this.header.refcountTableOffset, this.header.refcountTableClusters * this.clusterSize, this.refcountStructureRefs);
+  }
+
+  private async checkL1(l1Offset: number, l1Size: number, fragInfo: boolean, active: boolean): Promise<void> {
+    if (l1Size === 0) return;
+    this.incRefcounts(l1Offset, l1Size * 8);
+    const l1 = new Uint8Array(l1Size * 8);
+    await readZeroPadded(this.storage, l1, l1Offset);
+    const view = new DataView(l1.buffer);
+    for (let i = 0; i < l1Size; i++) {
+      const hi = view.getUint32(i * 8);
+      const lo = view.getUint32(i * 8 + 4);
+      if (hi === 0 && lo === 0) continue;
+      if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0) {
+        this.message('reserved-bits', `ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
+        this.res.corruptions++;
+      }
+      const l2Offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+      this.incRefcounts(l2Offset, this.clusterSize);
+      if (l2Offset % this.clusterSize !== 0) {
+        this.message('misaligned', `ERROR l2_offset=${l2Offset.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
+        this.res.corruptions++;
+      }
+      await this.checkL2(l2Offset, fragInfo, active);
+    }
+  }
+
+  private async checkL2(l2Offset: number, fragInfo: boolean, active: boolean): Promise<void> {
+    const { clusterSize, clusterBits, l2Entries, l2EntryBytes, extendedL2, externalDataFile } = this.layout;
+    const table = new Uint8Array(clusterSize);
+    await readZeroPadded(this.storage, table, l2Offset);
+    const view = new DataView(table.buffer);
+    const csizeShift = 62 - (clusterBits - 8);
+    const offsetBitsInHi = csizeShift - 32;
+    const csizeMask = 2 ** (clusterBits - 8) - 1;
+    let nextContiguous = 0;
+    for (let i = 0; i < l2Entries; i++) {
+      const at = i * l2EntryBytes;
+      let hi = view.getUint32(at);
+      const lo = view.getUint32(at + 4);
+      // Extended L2: the second word's high half is the zero bitmap, its low half the allocation bitmap.
+      const zeroBits = extendedL2 ? view.getUint32(at + 8) : 0;
+      const allocBits = extendedL2 ? view.getUint32(at + 12) : 0;
+      const compressed = (hi & 0x40000000) !== 0;
+      const copied = (hi & 0x80000000) !== 0;
+      const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+      let type: 'compressed' | 'zero-alloc' | 'zero-plain' | 'normal' | 'unallocated';
+      if (compressed) type = 'compressed';
+      else if ((lo & 1) !== 0 && !extendedL2) type = offset !== 0 ? 'zero-alloc' : 'zero-plain';
+      else if (offset === 0) type = externalDataFile && copied ? 'normal' : 'unallocated';
+      else type = 'normal';
+
+      if (type !== 'compressed' && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
+        this.message('reserved-bits', `ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
+        this.res.corruptions++;
+      }
+      switch (type) {
+        case 'compressed': {
+          const hiOffset = hi & (2 ** offsetBitsInHi - 1);
+          const coffset: number | bigint = hiOffset > 0x1fffff ? (BigInt(hiOffset) << 32n) | BigInt(lo >>> 0) : hiOffset * TWO_32 + (lo >>> 0);
+          if (copied) {
+            this.message('compressed-cluster', `ERROR: coffset=0x${coffset.toString(16)}: copied flag must never be set for compressed clusters`);
+            hi = (hi & 0x7fffffff) >>> 0;
+            this.res.corruptions++;
+          }
+          if (externalDataFile) {
+            this.message('compressed-cluster', `ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi, lo)}`);
+            this.res.corruptions++;
+            break;
+          }
+          if (zeroBits !== 0 || allocBits !== 0) {
+            this.message('compressed-cluster', `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi, lo)}`);
+            this.res.corruptions++;
+            break;
+          }
+          const nbSectors = (Math.floor(hi / 2 ** offsetBitsInHi) & csizeMask) + 1;
+          const csize = nbSectors * 512 - Number(typeof coffset === 'bigint' ? coffset & 511n : coffset % 512);
+          this.incRefcounts(coffset, csize);
+          if (fragInfo) {
+            this.res.allocatedClusters++;
+            this.res.compressedClusters++;
+            // Compressed clusters are fragmented by nature (qemu's rule).
+            this.res.fragmentedClusters++;
+          }
+          break;
+        }
+        case 'zero-alloc':
+        case 'normal': {
+          if ((zeroBits & allocBits) !== 0) {
+            this.res.corruptions++;
+            this.message('subcluster-bitmap', `ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+          }
+          if (offset % clusterSize !== 0) {
+            this.res.corruptions++;
+            const containsData = extendedL2 ? allocBits !== 0 : (lo & 1) === 0;
+            if (!containsData) {
+              this.message(
+                'misaligned',
+                `${this.fixErrors ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+              );
+              if (this.fixErrors && (await this.repairPreallocatedEntry(l2Offset, i, zeroBits, allocBits, active))) {
+                this.res.corruptions--;
+                this.res.corruptionsFixed++;
+                continue;
+              }
+            } else {
+              this.message('misaligned', `ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+            }
+          }
+          if (fragInfo) {
+            this.res.allocatedClusters++;
+            if (nextContiguous !== 0 && offset !== nextContiguous) this.res.fragmentedClusters++;
+            nextContiguous = offset + clusterSize;
+          }
+          if (!externalDataFile) this.incRefcounts(offset, clusterSize);
+          break;
+        }
+        case 'zero-plain':
+          break;
+        case 'unallocated':
+          if (allocBits !== 0) {
+            this.res.corruptions++;
+            this.message('subcluster-bitmap', 'ERROR: Unallocated cluster has non-zero subcluster allocation map');
+          }
+          break;
+      }
+    }
+  }
+
+  /** Bitmaps are counted only when qemu would load them: v3 with the bitmaps autoclear bit set. */
+  private bitmapsToCount(): BitmapsToCount | undefined {
+    if (this.header.version < 3 || !hasBit(this.header.autoclearFeatures, AutoclearFeature.Bitmaps)) return undefined;
+    const ext = bitmapsExtensionOf(this.header.extensions);
+    if (ext === undefined || ext.nbBitmaps === 0) return undefined;
+    return { directoryOffset: ext.bitmapDirectoryOffset, directorySize: ext.bitmapDirectorySize, nbBitmaps: ext.nbBitmaps };
+  }
+
+  /** qcow2_check_bitmaps_refcounts. */
+  private async countBitmaps(): Promise<void> {
+    const bitmaps = this.bitmapsToCount();
+    if (bitmaps === undefined) return;
+    this.incRefcounts(bitmaps.directoryOffset, bitmaps.directorySize);
+    let entries: BitmapDirectoryEntry[];
+    try {
+      if (bitmaps.directorySize > 64 * 1024 * 1024) throw new Qcow2Error('BAD_BITMAP_DIRECTORY', 'Requested bitmap directory size is too big');
+      const bytes = new Uint8Array(bitmaps.directorySize);
+      await readZeroPadded(this.storage, bytes, bitmaps.directoryOffset);
+      entries = decodeBitmapDirectory(bytes, bitmaps.nbBitmaps, {
+        checkEntry: (entry) => checkBitmapEntryConstraints(entry, { clusterSize: this.clusterSize, virtualSize: this.header.size }),
+      });
+    } catch (error) {
+      if (!(error instanceof Qcow2Error)) throw error;
+      this.message('bitmap', `ERROR ${error.message}`);
+      this.res.corruptions++;
+      throw new CheckAbort('Invalid argument');
+    }
+    for (const entry of entries) {
+      this.incRefcounts(entry.bitmapTableOffset, entry.bitmapTableSize * 8);
+      const table = new Uint8Array(entry.bitmapTableSize * 8);
+      await readZeroPadded(this.storage, table, entry.bitmapTableOffset);
+      const view = new DataView(table.buffer);
+      const offsets: number[] = [];
+      for (let i = 0; i < entry.bitmapTableSize; i++) {
+        const hi = view.getUint32(i * 8);
+        const lo = view.getUint32(i * 8 + 4);
+        const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+        // Reserved bits 1..8 and 56..63; with an offset, bit 0 ("all ones") is reserved too; offsets are aligned.
+        const bad = (hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 || (offset !== 0 && ((lo & 1) !== 0 || offset % this.clusterSize !== 0));
+        if (bad) {
+          // qemu's bitmap_table_load refuses the whole table: the check stops there.
+          this.message('bitmap', `ERROR bitmap '${entry.name}': invalid bitmap table entry ${i}: ${hex64(hi, lo)}`);
+          this.res.corruptions++;
+          throw new CheckAbort('Invalid argument');
+        }
+        if (offset !== 0) offsets.push(offset);
+      }
+      for (const offset of offsets) this.incRefcounts(offset, this.clusterSize);
+    }
+  }
+
+  /** check_refblocks: every refcount block is counted, and must be referenced exactly once. */
+  async checkRefblocks(): Promise<void> {
+    const { hi, lo } = this.stored.table;
+    const cs = this.clusterSize;
+    for (let i = 0; i < hi.length; i++) {
+      const entryHi = hi[i]!;
+      const entryLo = lo[i]!;
+      if ((entryLo & 0x1ff) !== 0) {
+        this.message('refcount-block', `ERROR refcount table entry ${i} has reserved bits set`);
+        this.res.corruptions++;
+        this.rebuild = true;
+        continue;
+      }
+      const offset = entryHi * TWO_32 + entryLo;
+      if ((entryLo & (cs - 1)) !== 0) {
+        this.message('refcount-block', `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
+        this.res.corruptions++;
+        this.rebuild = true;
+        continue;
+      }
+      const cluster = Math.floor(offset / cs);
+      if (cluster >= this.refs.size) {
+        this.res.corruptions++;
+        this.message('refcount-block', `${this.fixErrors ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
+        if (this.fixErrors) this.refblockOutsideImage(cluster);
+        continue;
+      }
+      if (offset !== 0) {
+        this.incRefcounts(offset, cs, this.refcountStructureRefs);
+        const count = this.refs.get(cluster);
+        if (count !== 1) {
+          this.message('refcount-block', `ERROR refcount block ${i} refcount=${count}`);
+          this.res.corruptions++;
+          this.rebuild = true;
+        }
+      }
+    }
+  }
+
+  /**
+   * A refcount block past the end of the file, in a repair. qemu grows the file to hold it and counts it; the
+   * refcounts it holds (zeros) then force a rebuild. A repair here never grows the file for it (the rebuild
+   * drops the pointer) but keeps qemu's accounting, so the counts reported are the same.
+   */
+  protected refblockOutsideImage(cluster: number): void {
+    this.rebuild = true;
+    this.res.corruptions--;
+    this.res.corruptionsFixed++;
+    if (this.refs.grow(cluster + 1) && this.refs.increment(cluster)) this.refcountStructureRefs.push(cluster);
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Comparing (compare_refcounts) and COPIED flags (check_oflag_copied)
+
+  async compareRefcounts(fixLeaks: boolean, fixErrors: boolean): Promise<void> {
+    this.highestCluster = 0;
+    for (let i = 0; i < this.refs.size; i++) {
+      const stored = await this.stored.get(i);
+      if (stored === undefined) {
+        this.message('refcount-unreadable', `Can't get refcount for cluster ${i}: Input/output error`);
+        this.res.checkErrors++;
+        continue;
+      }
+      const references = this.refs.get(i);
+      if (stored > 0 || references > 0) this.highestCluster = i;
+      if (stored === references) continue;
+      let fixed: 'leaks' | 'corruptions' | undefined;
+      if (stored === 0) this.rebuild = true;
+      else if (stored > references && fixLeaks) fixed = 'leaks';
+      else if (stored < references && fixErrors) fixed = 'corruptions';
+      const word = fixed !== undefined ? 'Repairing' : stored < references ? 'ERROR' : 'Leaked';
+      this.message(stored < references ? 'refcount-too-low' : 'leak', `${word} cluster ${i} refcount=${stored} reference=${references}`);
+      if (fixed !== undefined && (await this.repairRefcount(i, references))) {
+        if (fixed === 'leaks') this.res.leaksFixed++;
+        else this.res.corruptionsFixed++;
+        continue;
+      }
+      if (stored < references) this.res.corruptions++;
+      else this.res.leaks++;
+    }
+    await this.refcountRepairsDone();
+  }
+
+  async checkOflagCopied(): Promise<void> {
+    const repair = this.fixErrors || (this.fixLeaks && this.res.checkErrors === 0 && this.res.corruptions === 0 && this.res.leaks === 0);
+    const { clusterSize, clusterBits, l2Entries, l2EntryBytes, externalDataFile, extendedL2 } = this.layout;
+    const l1Size = this.header.l1Size;
+    const l1 = new Uint8Array(l1Size * 8);
+    await readZeroPadded(this.storage, l1, this.header.l1TableOffset);
+    const l1View = new DataView(l1.buffer);
+    for (let i = 0; i < l1Size; i++) {
+      const l1Hi = l1View.getUint32(i * 8);
+      const l1Lo = l1View.getUint32(i * 8 + 4);
+      const l2Offset = (l1Hi & 0x00ffffff) * TWO_32 + ((l1Lo & 0xfffffe00) >>> 0);
+      if (l2Offset === 0) continue;
+      const l2Refcount = await this.stored.get(Math.floor(l2Offset / clusterSize));
+      if (l2Refcount === undefined) continue;
+      const l1Copied = (l1Hi & 0x80000000) !== 0;
+      if ((l2Refcount === 1) !== l1Copied) {
+        this.res.corruptions++;
+        this.message('copied-flag', `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(l1Hi, l1Lo)} refcount=${l2Refcount}`);
+        if (repair) {
+          const fixedHi = (l2Refcount === 1 ? l1Hi | 0x80000000 : l1Hi & 0x7fffffff) >>> 0;
+          await this.repairL1Entry(i, fixedHi, l1Lo);
+          this.res.corruptions--;
+          this.res.corruptionsFixed++;
+        }
+      }
+      const table = new Uint8Array(clusterSize);
+      await readZeroPadded(this.storage, table, l2Offset);
+      const view = new DataView(table.buffer);
+      let dirty = 0;
+      for (let j = 0; j < l2Entries; j++) {
+        const at = j * l2EntryBytes;
+        const hi = view.getUint32(at);
+        const lo = view.getUint32(at + 4);
+        if ((hi & 0x40000000) !== 0) continue;
+        const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+        const copied = (hi & 0x80000000) !== 0;
+        const zeroFlag = (lo & 1) !== 0 && !extendedL2;
+        const isData = zeroFlag ? offset !== 0 : offset !== 0 || (externalDataFile && copied);
+        if (!isData) continue;
+        let refcount: number | undefined = 1;
+        if (!externalDataFile) refcount = await this.stored.get(Math.floor(offset / 2 ** clusterBits));
+        if (refcount === undefined) continue;
+        if ((refcount === 1) !== copied) {
+          this.res.corruptions++;
+          this.message('copied-flag', `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${refcount}`);
+          if (repair) {
+            view.setUint32(at, (refcount === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
+            dirty++;
+          }
+        }
+      }
+      if (dirty > 0) {
+        await this.repairL2Table(l2Offset, table);
+        this.res.corruptions -= dirty;
+        this.res.corruptionsFixed += dirty;
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Repair hooks: a plain check never writes.
+
+  /** fix_l2_entry_by_zero: true when the entry was rewritten. */
+  protected async repairPreallocatedEntry(_l2Offset: number, _index: number, _zeroBits: number, _allocBits: number, _active: boolean): Promise<boolean> {
+    return false;
+  }
+  /** Sets a stored refcount: true when done. */
+  protected async repairRefcount(_cluster: number, _value: number): Promise<boolean> {
+    return false;
+  }
+  /** Called after compareRefcounts (a repair writes its refcount blocks here). */
+  protected async refcountRepairsDone(): Promise<void> {}
+  protected async repairL1Entry(_index: number, _hi: number, _lo: number): Promise<void> {
+    throw new Qcow2Error('READ_ONLY', 'a check does not write', { file: this.name });
+  }
+  protected async repairL2Table(_offset: number, _table: Uint8Array): Promise<void> {
+    throw new Qcow2Error('READ_ONLY', 'a check does not write', { file: this.name });
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+
+  /** One read-only check: what qemu-img check does without -r. */
+  async run(): Promise<void> {
+    await this.load();
+    await this.readSnapshotTable();
+    this.refs = this.newReferenceCounts();
+    await this.calculateRefcounts();
+    await this.compareRefcounts(false, false);
+    await this.checkOflagCopied();
+  }
+
+  report(failure: string | undefined): CheckReport {
+    const cs = this.layout?.clusterSize ?? 1;
+    return {
+      filename: this.name,
+      format: 'qcow2',
+      checkErrors: this.res.checkErrors,
+      corruptions: this.res.corruptions + this.snapshotCorruptions,
+      leaks: this.res.leaks,
+      corruptionsFixed: this.res.corruptionsFixed,
+      leaksFixed: this.res.leaksFixed,
+      imageEndOffset: this.layout === undefined ? 0 : (this.highestCluster + 1) * cs,
+      totalClusters: this.header === undefined ? 0 : Math.ceil(this.header.size / cs),
+      allocatedClusters: this.res.allocatedClusters,
+      fragmentedClusters: this.res.fragmentedClusters,
+      compressedClusters: this.res.compressedClusters,
+      messages: this.messages,
+      failure,
+    };
+  }
+}
+
+/** Reads a region sequentially through a window, zeros past the end of the file. */
+class SequentialReader {
+  private window = new Uint8Array(0);
+  private windowStart = 0;
+
+  constructor(
+    private readonly storage: Storage,
+    private readonly base: number,
+  ) {}
+
+  async read(position: number, length: number): Promise<Uint8Array> {
+    if (position < this.windowStart || position + length > this.windowStart + this.window.length) {
+      const size = Math.max(length, 64 * 1024);
+      this.window = new Uint8Array(size);
+      this.windowStart = position;
+      await readZeroPadded(this.storage, this.window, this.base + position);
+    }
+    return this.window.subarray(position - this.windowStart, position - this.windowStart + length);
+  }
+}
+
+/** Runs a checker and turns qemu-style early stops into report.failure. */
+export async function runChecker(checker: ImageChecker, body: () => Promise<void>): Promise<CheckReport> {
+  try {
+    await body();
+    return checker.report(undefined);
+  } catch (error) {
+    if (error instanceof CheckAbort) return checker.report(error.reason);
+    throw error instanceof Qcow2Error ? error.withFile(checker.name) : error;
+  }
+}
+
+/**
+ * qemu-img check of one qcow2 image (not its backing files): rebuilds the expected refcount of every host
+ * cluster from the metadata and compares it with the stored refcounts. Reads only; the metadata is read from
+ * the file afresh, so the image's cached state does not matter.
+ */
+export async function checkImage(image: Qcow2Image, options: CheckOptions = {}): Promise<CheckReport> {
+  const checker = new ImageChecker(image.storage, image.name, options);
+  return runChecker(checker, () => checker.run());
+}
+
+/** The incompatible feature bits a successful repair clears: dirty (refcounts repaired) and corrupt. */
+export const REPAIR_CLEARS_FEATURES = [IncompatibleFeature.Dirty, IncompatibleFeature.Corrupt] as const;

@@ -1,0 +1,382 @@
+import { Qcow2Error } from '../errors.js';
+import { IncompatibleFeature, MAX_REFCOUNT_TABLE_BYTES } from '../format/constants.js';
+import { hasBit, setBit } from '../format/header.js';
+import { setRefcount } from '../format/refcount-block.js';
+import { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from '../format/snapshot-table.js';
+import { viewOf, writeU64 } from '../format/struct.js';
+import { readZeroPadded, type Storage } from '../io/storage.js';
+import { CheckAbort, ImageChecker, runChecker, zeroCounters, type CheckOptions, type CheckReport } from './check.js';
+import { l1TableFrom } from './mapping.js';
+import type { Qcow2Image } from './qcow2-image.js';
+import { Refcounts } from './refcounts.js';
+
+/**
+ * qemu-img check -r: `leaks` sets the refcount of leaked clusters to their reference count; `all` also raises
+ * refcounts that are too low, fixes COPIED flags, zeroes misaligned preallocated entries, rebuilds the refcount
+ * structures when they cannot be trusted (a refcount of 0 for a referenced cluster, a refcount block past the end
+ * of the file, unaligned or overlapping), rewrites incomplete snapshot table entries, and clears the dirty and
+ * corrupt bits once the image is consistent.
+ *
+ * The order keeps a crash harmless: entries are cleared before refcounts drop; a rebuilt refcount table and its
+ * blocks are written past the end of the file, where nothing points, and flushed before one header write switches
+ * to them; the dirty bit is cleared last. Nothing a repair does changes what the guest reads.
+ */
+export type RepairMode = 'leaks' | 'all';
+
+export interface RepairReport {
+  /**
+   * The pass that repaired (qemu's first pass): what it found, what it fixed (leaksFixed, corruptionsFixed) and
+   * what is left. Its `failure` is set when the repair stopped, in qemu's words: "Input/output error" when
+   * `leaks` mode meets refcount structures that need a rebuild (the messages say so).
+   */
+  repair: CheckReport;
+  /** The check run again after something was fixed ("Double checking the fixed image now..."). */
+  recheck: CheckReport | undefined;
+}
+
+/** Header offsets written by a repair. */
+const HEADER_NB_SNAPSHOTS = 60;
+const HEADER_REFCOUNT_TABLE = 48;
+const HEADER_INCOMPATIBLE = 72;
+
+class ImageRepairer extends ImageChecker {
+  constructor(
+    storage: Storage,
+    name: string,
+    private readonly mode: RepairMode,
+    options: CheckOptions,
+  ) {
+    super(storage, name, options);
+  }
+
+  /** Ranges of metadata a repair must never write over (qemu's overlap check, cached mode). */
+  private async metadataRanges(): Promise<Array<{ offset: number; size: number; what: string }>> {
+    const cs = this.clusterSize;
+    const ranges = [
+      { offset: 0, size: cs, what: 'qcow2_header' },
+      { offset: this.header.l1TableOffset, size: this.header.l1Size * 8, what: 'active L1 table' },
+      { offset: this.header.refcountTableOffset, size: this.header.refcountTableClusters * cs, what: 'refcount table' },
+      { offset: this.header.snapshotsOffset, size: this.snapshotTableSize, what: 'snapshot table' },
+    ];
+    const { hi } = this.stored.table;
+    for (let i = 0; i < hi.length; i++) {
+      const offset = this.stored.blockOffset(i);
+      if (offset !== 0) ranges.push({ offset: offset - (offset % cs), size: cs, what: 'refcount block' });
+    }
+    for (const sn of this.snapshots) ranges.push({ offset: sn.l1TableOffset, size: sn.l1Size * 8, what: 'inactive L1 table' });
+    return ranges.filter((r) => r.size > 0);
+  }
+
+  private async overlap(offset: number, size: number): Promise<string | undefined> {
+    const cs = this.clusterSize;
+    const start = offset - (offset % cs);
+    const end = Math.ceil((offset + size) / cs) * cs;
+    for (const range of await this.metadataRanges()) {
+      if (range.offset < end && start < range.offset + range.size) return range.what;
+    }
+    return undefined;
+  }
+
+  private async writeSync(bytes: Uint8Array, offset: number): Promise<void> {
+    await this.storage.write(bytes, offset);
+    await this.storage.flush();
+  }
+
+  protected override async repairPreallocatedEntry(l2Offset: number, index: number, zeroBits: number, allocBits: number): Promise<boolean> {
+    const { l2EntryBytes, extendedL2 } = this.layout;
+    const at = l2Offset + index * l2EntryBytes;
+    const entry = new Uint8Array(l2EntryBytes);
+    const view = viewOf(entry);
+    if (extendedL2) {
+      // Offset 0; every subcluster that was allocated or zero reads as zero; unallocated ones stay unallocated.
+      view.setUint32(8, (zeroBits | allocBits) >>> 0);
+    } else {
+      view.setUint32(4, 1); // the zero flag alone: a plain zero cluster
+    }
+    if ((await this.overlap(at, l2EntryBytes)) !== undefined) {
+      this.message('misaligned', 'ERROR: Overlap check failed');
+      this.res.checkErrors++;
+      throw new CheckAbort('Input/output error');
+    }
+    await this.writeSync(entry, at);
+    return true;
+  }
+
+  protected override async repairRefcount(cluster: number, value: number): Promise<boolean> {
+    return this.stored.set(cluster, value);
+  }
+
+  protected override async refcountRepairsDone(): Promise<void> {
+    await this.stored.flush();
+    await this.storage.flush();
+  }
+
+  protected override async repairL1Entry(index: number, hi: number, lo: number): Promise<void> {
+    const entry = new Uint8Array(8);
+    viewOf(entry).setUint32(0, hi);
+    viewOf(entry).setUint32(4, lo);
+    await this.writeSync(entry, this.header.l1TableOffset + index * 8);
+  }
+
+  protected override async repairL2Table(offset: number, table: Uint8Array): Promise<void> {
+    const what = await this.overlap(offset, table.length);
+    if (what !== undefined && what !== 'active L1 table' && offset % this.clusterSize === 0) {
+      this.message('copied-flag', 'ERROR: Could not write L2 table; metadata overlap check failed: Input/output error');
+      this.res.checkErrors++;
+      throw new CheckAbort('Input/output error');
+    }
+    if (what !== undefined) {
+      this.message('copied-flag', 'ERROR: Could not write L2 table; metadata overlap check failed: Input/output error');
+      this.res.checkErrors++;
+      throw new CheckAbort('Input/output error');
+    }
+    await this.storage.write(table, offset);
+  }
+
+  /**
+   * Writes a new refcount table and blocks past the end of the file from the computed references (without the
+   * old refcount structures, which the new ones replace) and switches the header to them in one write. Until
+   * that write the new clusters are unreferenced; after it, the old table and blocks are simply free.
+   */
+  async rebuildRefcountStructure(): Promise<void> {
+    const refs = this.refs;
+    for (const cluster of this.refcountStructureRefs) refs.set(cluster, refs.get(cluster) - 1);
+    const cs = this.clusterSize;
+    const epb = this.stored.entriesPerBlock;
+    let highest = -1;
+    const used = new Set<number>();
+    for (let c = 0; c < refs.size; c++) {
+      if (refs.get(c) > 0) {
+        highest = c;
+        used.add(Math.floor(c / epb));
+      }
+    }
+    const start = Math.max(this.fileClusters(), highest + 1);
+    // Blocks for every range in use plus the ranges of the new structures themselves, and a table for them all.
+    let blockIndexes = new Set(used);
+    let tableClusters = 0;
+    for (;;) {
+      const maxIndex = Math.max(0, ...blockIndexes);
+      const neededTable = Math.max(1, Math.ceil(((maxIndex + 1) * 8) / cs));
+      const end = start + blockIndexes.size + neededTable;
+      const next = new Set(used);
+      for (let b = Math.floor(start / epb); b <= Math.floor((end - 1) / epb); b++) next.add(b);
+      if (next.size === blockIndexes.size && neededTable === tableClusters) break;
+      blockIndexes = next;
+      tableClusters = neededTable;
+    }
+    if (tableClusters * cs > MAX_REFCOUNT_TABLE_BYTES) {
+      throw new Qcow2Error('REFCOUNT_TABLE_TOO_LARGE', 'the rebuilt refcount table would exceed 8 MiB: image too large for its cluster size', {
+        file: this.name,
+      });
+    }
+    const sorted = [...blockIndexes].sort((a, b) => a - b);
+    const blockPlace = new Map<number, number>();
+    sorted.forEach((b, i) => blockPlace.set(b, start + i));
+    const tableStart = start + sorted.length;
+    const end = tableStart + tableClusters;
+    if (!refs.grow(end)) {
+      this.res.checkErrors++;
+      throw new CheckAbort('Cannot allocate memory');
+    }
+    for (let c = start; c < end; c++) refs.set(c, 1);
+    if (refs.get(start) !== 1) throw new Qcow2Error('BAD_HEADER', 'refcount rebuild: new structures overlap counted clusters', { file: this.name });
+
+    // 1. The blocks, each from the counts of its range.
+    const bits = this.layout.refcountBits;
+    const block = new Uint8Array(cs);
+    const blockView = viewOf(block);
+    for (const b of sorted) {
+      block.fill(0);
+      const first = b * epb;
+      const last = Math.min(refs.size, first + epb);
+      for (let c = first; c < last; c++) {
+        const value = refs.get(c);
+        if (value !== 0) setRefcount(blockView, c - first, bits, value);
+      }
+      await this.storage.write(block, blockPlace.get(b)! * cs);
+    }
+    // 2. The table.
+    const table = new Uint8Array(tableClusters * cs);
+    const tableView = viewOf(table);
+    for (const [b, place] of blockPlace) writeU64(tableView, b * 8, place * cs);
+    await this.storage.write(table, tableStart * cs);
+    await this.storage.flush();
+    // 3. The header, in one write.
+    const fields = new Uint8Array(12);
+    writeU64(viewOf(fields), 0, tableStart * cs);
+    viewOf(fields).setUint32(8, tableClusters);
+    await this.writeSync(fields, HEADER_REFCOUNT_TABLE);
+  }
+
+  /**
+   * qcow2_write_snapshots after a check found incomplete v3 entries: the table is written anew, every entry with
+   * the 24 bytes of known extra data, in clusters allocated through the (now consistent) refcounts; the header
+   * switches to it; the old table is freed last.
+   */
+  async rewriteSnapshotTable(): Promise<void> {
+    const cs = this.clusterSize;
+    const oldBytes = new Uint8Array(this.snapshotTableSize);
+    await readZeroPadded(this.storage, oldBytes, this.header.snapshotsOffset);
+    const entries: SnapshotEntry[] = [];
+    let position = 0;
+    for (let i = 0; i < this.snapshots.length; i++) {
+      const decoded = decodeSnapshotEntry(oldBytes, position);
+      if ('needed' in decoded) {
+        // The last entry ends at the table's end; its padding lies past it.
+        const padded = new Uint8Array(decoded.needed);
+        padded.set(oldBytes);
+        const retry = decodeSnapshotEntry(padded, position);
+        if ('needed' in retry) throw new Qcow2Error('BAD_SNAPSHOT_TABLE', `snapshot table entry ${i} could not be read`, { file: this.name });
+        entries.push(completeEntry(retry.entry, this.header.size));
+        position = retry.next;
+        continue;
+      }
+      entries.push(completeEntry(decoded.entry, this.header.size));
+      position = decoded.next;
+    }
+    const bytes = encodeSnapshotTable(entries);
+    const refcounts = await Refcounts.load(this.storage, this.layout, this.header.refcountTableOffset, this.header.refcountTableClusters, async (offset, clusters) => {
+      const fields = new Uint8Array(12);
+      writeU64(viewOf(fields), 0, offset);
+      viewOf(fields).setUint32(8, clusters);
+      await this.writeSync(fields, HEADER_REFCOUNT_TABLE);
+    });
+    const clusters = Math.max(1, Math.ceil(bytes.length / cs));
+    const offset = await refcounts.allocate(clusters);
+    await refcounts.flush();
+    await this.storage.write(bytes, offset);
+    await this.storage.flush();
+    const fields = new Uint8Array(12);
+    viewOf(fields).setUint32(0, entries.length);
+    writeU64(viewOf(fields), 4, offset);
+    await this.writeSync(fields, HEADER_NB_SNAPSHOTS);
+    const oldOffset = this.header.snapshotsOffset;
+    const oldClusters = Math.ceil((oldOffset % cs) + this.snapshotTableSize) / cs;
+    if (oldOffset !== 0 && this.snapshotTableSize > 0) await refcounts.free(oldOffset - (oldOffset % cs), Math.ceil(oldClusters));
+    await refcounts.flush();
+    await this.storage.flush();
+  }
+
+  /** qcow2_mark_clean + qcow2_mark_consistent: clears the dirty and corrupt bits, last. */
+  async markClean(): Promise<void> {
+    if (this.header.version < 3) return;
+    let features = this.header.incompatibleFeatures;
+    features = setBit(features, IncompatibleFeature.Dirty, false);
+    features = setBit(features, IncompatibleFeature.Corrupt, false);
+    if (features === this.header.incompatibleFeatures) return;
+    await this.storage.flush();
+    const word = new Uint8Array(8);
+    viewOf(word).setBigUint64(0, features);
+    await this.writeSync(word, HEADER_INCOMPATIBLE);
+    this.header.incompatibleFeatures = features;
+  }
+
+  /** qemu's qcow2_co_check_locked with fix: snapshot table, refcounts (qcow2_check_refcounts), snapshot fix, clean. */
+  async runRepair(): Promise<void> {
+    const fixErrors = this.mode === 'all';
+    this.fixLeaks = true;
+    this.fixErrors = fixErrors;
+    await this.load();
+    await this.readSnapshotTable();
+    this.refs = this.newReferenceCounts();
+    await this.calculateRefcounts();
+    const preCompare = { ...this.res };
+    await this.compareRefcounts(false, false);
+
+    if (this.rebuild && fixErrors) {
+      const old = { ...this.res };
+      this.message('repair', 'Rebuilding refcount structure');
+      await this.rebuildRefcountStructure();
+      this.res.corruptions = 0;
+      this.res.leaks = 0;
+      this.rebuild = false;
+      // Count again with the new structures in place, without fixing (qemu's calculate_refcounts with fix 0).
+      this.fixLeaks = false;
+      this.fixErrors = false;
+      await this.load();
+      this.refs = this.newReferenceCounts();
+      await this.calculateRefcounts();
+      const saved = this.res;
+      this.res = zeroCounters();
+      await this.compareRefcounts(true, false);
+      if (this.rebuild) this.message('repair', 'ERROR rebuilt refcount structure is still broken');
+      const freshLeaks = this.res.leaks;
+      this.res = saved;
+      if (this.res.corruptions < old.corruptions) this.res.corruptionsFixed += old.corruptions - this.res.corruptions;
+      if (this.res.leaks < old.leaks) this.res.leaksFixed += old.leaks - this.res.leaks;
+      this.res.leaks += freshLeaks;
+      this.fixLeaks = true;
+      this.fixErrors = fixErrors;
+    } else {
+      if (this.rebuild) {
+        this.message('repair', 'ERROR need to rebuild refcount structures');
+        this.res.checkErrors++;
+        throw new CheckAbort('Input/output error');
+      }
+      if (this.res.leaks !== 0 || this.res.corruptions !== 0) {
+        this.res = preCompare;
+        await this.compareRefcounts(true, fixErrors);
+      }
+    }
+    await this.checkOflagCopied();
+    await this.storage.flush();
+
+    if (this.snapshotCorruptions > 0 && fixErrors) {
+      await this.rewriteSnapshotTable();
+      this.res.corruptionsFixed += this.snapshotCorruptions;
+      this.snapshotCorruptions = 0;
+    }
+    if (this.res.checkErrors === 0 && this.res.corruptions + this.snapshotCorruptions === 0) await this.markClean();
+  }
+}
+
+/** A v3 snapshot entry with the 24 bytes of known extra data qemu writes (disk size: the current one if unknown). */
+function completeEntry(entry: SnapshotEntry, virtualSize: number): SnapshotEntry {
+  if (entry.extraData.length >= 24) return entry;
+  const extraData = new Uint8Array(24);
+  extraData.set(entry.extraData);
+  return {
+    ...entry,
+    extraData,
+    diskSize: entry.diskSize ?? virtualSize,
+    vmStateSize: entry.vmStateSize,
+    icount: entry.extraData.length >= 24 ? entry.icount : undefined,
+  };
+}
+
+/**
+ * Repairs an image as `qemu-img check -r leaks|all` does, then checks it again when something was fixed. The
+ * image's storage must be writable, and no writer may be attached (a repair works below it: this is how an image
+ * left dirty by a crash under lazy refcounts is made writable again). Afterwards the image object's cached header,
+ * active L1 and L2 tables are refreshed from the file.
+ */
+export async function repairImage(image: Qcow2Image, mode: RepairMode, options: CheckOptions = {}): Promise<RepairReport> {
+  if (mode !== 'leaks' && mode !== 'all') {
+    throw new Qcow2Error('BAD_ARGUMENT', `Unknown option value for -r (expecting 'leaks' or 'all'): ${String(mode)}`);
+  }
+  const repairer = new ImageRepairer(image.storage, image.name, mode, options);
+  const repair = await runChecker(repairer, () => repairer.runRepair());
+  let recheck: CheckReport | undefined;
+  if (repair.failure === undefined && (repair.leaksFixed > 0 || repair.corruptionsFixed > 0)) {
+    const checker = new ImageChecker(image.storage, image.name, options);
+    recheck = await runChecker(checker, () => checker.run());
+  }
+  await refreshImage(image);
+  return { repair, recheck };
+}
+
+/** Brings the image object's cached metadata in line with the repaired file. */
+async function refreshImage(image: Qcow2Image): Promise<void> {
+  const checker = new ImageChecker(image.storage, image.name);
+  await checker.load();
+  Object.assign(image.header, checker.header);
+  image.fileSize = checker.fileSize;
+  const l1 = new Uint8Array(checker.header.l1Size * 8);
+  await readZeroPadded(image.storage, l1, checker.header.l1TableOffset);
+  image.replaceActiveL1(l1);
+  image.l2Cache.clear();
+  image.invalidateCompressedCache();
+  void l1TableFrom;
+  void hasBit;
+}
