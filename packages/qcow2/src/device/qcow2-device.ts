@@ -4,7 +4,7 @@ import type { Qcow2Image } from '../engine/qcow2-image.js';
 import { Qcow2Writer } from '../engine/image-writer.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, type CreateSnapshotOptions } from '../engine/snapshots.js';
 import { Qcow2Error } from '../errors.js';
-import { SegmentKind } from '../engine/segments.js';
+import { SegmentKind, type Segment } from '../engine/segments.js';
 import { pushExtent, type BlockDevice, type Extent } from './block-device.js';
 import { checkRange } from './range.js';
 
@@ -131,11 +131,18 @@ export class Qcow2Device implements BlockDevice {
   async read(buffer: Uint8Array, offset: number): Promise<void> {
     checkRange(this, offset, buffer.length);
     if (buffer.length === 0) return;
+    const compressed: Segment[] = [];
+    const compressedDests: Uint8Array[] = [];
     for (const seg of await this.image.segments(offset, buffer.length, this.l1)) {
       const dest = buffer.subarray(seg.guestOffset - offset, seg.guestOffset - offset + seg.length);
       if (seg.kind === SegmentKind.Unallocated) await this.readBacking(dest, seg.guestOffset);
-      else await this.image.readSegment(seg, dest);
+      else if (seg.kind === SegmentKind.Compressed) {
+        compressed.push(seg);
+        compressedDests.push(dest);
+      } else await this.image.readSegment(seg, dest);
     }
+    if (compressed.length === 1) await this.image.readSegment(compressed[0]!, compressedDests[0]!);
+    else if (compressed.length > 1) await this.image.readCompressedSegments(compressed, compressedDests);
   }
 
   private async readBacking(dest: Uint8Array, offset: number): Promise<void> {
