@@ -15,6 +15,12 @@ export function buildProgram(): Command {
   return program;
 }
 
+// `qcowkit map … | head`: a closed pipe ends the output, as for any Unix tool, not with a stack trace.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit(0);
+  throw error;
+});
+
 async function main(argv: string[]): Promise<number> {
   // One sequential job per process: blocking pread/pwrite beat round trips through the thread pool.
   useBlockingFileIo(true);

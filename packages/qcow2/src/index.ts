@@ -43,7 +43,7 @@ export { createQcow2, type CreateQcow2Options, type Preallocation } from './engi
 export { Qcow2Writer, type BelowReader } from './engine/image-writer.js';
 export { Refcounts } from './engine/refcounts.js';
 export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from './ops/convert-to-qcow2.js';
-export { measureImage, measureNewImage, qcow2FullyAllocatedSize, refcountMetadataSize, dataClusterBytes, persistentBitmapsSize, hasMetadataPreallocation, type MeasureOptions, type MeasureResult } from './ops/measure.js';
+export { measureImage, measureNewImage, qcow2FullyAllocatedSize, refcountMetadataSize, dataClusterBytes, persistentBitmapsSize,  type MeasureOptions, type MeasureResult } from './ops/measure.js';
 export { createSnapshot, applySnapshot, deleteSnapshot, recomputeCopied, type CreateSnapshotOptions } from './engine/snapshots.js';
 export { ConcatDevice } from './device/concat-device.js';
 export { setBackingReference, type BackingReference } from './engine/backing-reference.js';
@@ -51,3 +51,6 @@ export { makeEmpty, type MakeEmptyResult } from './engine/make-empty.js';
 export { commitImage, commitPlan, commitIntoBase, emptyImageFile, findBackingDepth, chainLayers, type CommitOptions, type CommitResult, type CommitRange } from './ops/commit.js';
 export { rebaseImage, rebaseOnto, type RebaseOptions, type RebaseOntoOptions, type RebaseResult } from './ops/rebase.js';
 export { buildChainTree, type ChainTree, type ChainTreeOptions, type ChainImage, type ChainProblem, type ChainProblemCode, type ChainRole, type ChainSnapshot } from './ops/chain-tree.js';
+export { checkImage, type CheckReport, type CheckMessage, type CheckProblemKind, type CheckOptions } from './engine/check.js';
+export { repairImage, type RepairMode, type RepairReport } from './engine/repair.js';
+export { hasMetadataPreallocation } from './engine/metadata-preallocation.js';

@@ -5,6 +5,7 @@ import { Qcow2Writer } from '../engine/image-writer.js';
 import { applySnapshot, createSnapshot, deleteSnapshot, type CreateSnapshotOptions } from '../engine/snapshots.js';
 import { Qcow2Error } from '../errors.js';
 import { SegmentKind, type Segment } from '../engine/segments.js';
+import { hasMetadataPreallocation } from '../engine/metadata-preallocation.js';
 import { pushExtent, type BlockDevice, type Extent } from './block-device.js';
 import { checkRange } from './range.js';
 
@@ -14,6 +15,8 @@ import { checkRange } from './range.js';
  */
 export class Qcow2Device implements BlockDevice {
   readonly format = 'qcow2';
+  /** Whether qemu would take this image for metadata-preallocated (computed on first use). */
+  private metadataPreallocated: Promise<boolean> | undefined;
   /** Set when the device was opened for writing. */
   private writer: Qcow2Writer | undefined;
   /**
@@ -160,7 +163,7 @@ export class Qcow2Device implements BlockDevice {
       const base = { offset: seg.guestOffset, length: seg.length, depth: 0 };
       switch (seg.kind) {
         case SegmentKind.Data:
-          pushExtent(out, { ...base, kind: 'data', hostOffset: seg.hostOffset, hostFile: this.image.dataStorage.name });
+          await this.dataExtents(out, base.offset, base.length, seg.hostOffset);
           break;
         case SegmentKind.Compressed:
           pushExtent(out, { ...base, kind: 'data', compressed: true, hostFile: this.image.storage.name });
@@ -177,6 +180,26 @@ export class Qcow2Device implements BlockDevice {
       }
     }
     return out;
+  }
+
+  /**
+   * Data extents, as qemu's block status gives them: for an image qemu takes for metadata-preallocated (more
+   * clusters counted than the file holds), data over holes in the host file is also known to read as zeros
+   * (qemu's BDRV_BLOCK_RECURSE); map shows it as "zero": true, and convert and compare skip it.
+   */
+  private async dataExtents(out: Extent[], offset: number, length: number, hostOffset: number): Promise<void> {
+    const hostFile = this.image.dataStorage.name;
+    this.metadataPreallocated ??= hasMetadataPreallocation(this.image);
+    const storage = this.image.dataStorage;
+    if (!(await this.metadataPreallocated) || storage.dataRegions === undefined) {
+      pushExtent(out, { offset, length, depth: 0, kind: 'data', hostOffset, hostFile });
+      return;
+    }
+    for (const region of await storage.dataRegions(hostOffset, length)) {
+      const extent: Extent = { offset: offset + (region.offset - hostOffset), length: region.length, depth: 0, kind: 'data', hostOffset: region.offset, hostFile };
+      if (region.hole) extent.zeroData = true;
+      pushExtent(out, extent);
+    }
   }
 
   private async backingExtents(out: Extent[], offset: number, length: number, hostOffset: number): Promise<void> {

@@ -244,11 +244,19 @@ export class StoredRefcounts {
     private readonly layout: ImageLayout,
     readonly table: RefcountTableEntries,
     private readonly report: (kind: CheckProblemKind, text: string) => void,
+    /** Read-write (a repair): qemu marks the image corrupt on disk when a block cannot be read. */
+    private readonly markCorrupt: (() => Promise<void>) | undefined = undefined,
   ) {
     this.entriesPerBlock = refcountEntriesPerBlock(layout.clusterSize, layout.refcountBits);
   }
 
-  static async load(storage: Storage, layout: ImageLayout, header: Qcow2Header, report: (kind: CheckProblemKind, text: string) => void): Promise<StoredRefcounts> {
+  static async load(
+    storage: Storage,
+    layout: ImageLayout,
+    header: Qcow2Header,
+    report: (kind: CheckProblemKind, text: string) => void,
+    markCorrupt?: () => Promise<void>,
+  ): Promise<StoredRefcounts> {
     const entries = (header.refcountTableClusters * layout.clusterSize) / 8;
     const bytes = new Uint8Array(entries * 8);
     await readZeroPadded(storage, bytes, header.refcountTableOffset);
@@ -259,7 +267,7 @@ export class StoredRefcounts {
       hi[i] = view.getUint32(i * 8);
       lo[i] = view.getUint32(i * 8 + 4);
     }
-    return new StoredRefcounts(storage, layout, { hi, lo }, report);
+    return new StoredRefcounts(storage, layout, { hi, lo }, report, markCorrupt);
   }
 
   /** Host offset of refcount block `index` (reserved bits masked), 0 when none. */
@@ -274,10 +282,13 @@ export class StoredRefcounts {
     if ((this.table.lo[index]! & (this.layout.clusterSize - 1) & ~0x1ff) !== 0) {
       if (!this.signaled) {
         this.signaled = true;
-        this.report(
-          'refcount-unreadable',
-          `qcow2: Image is corrupt: Refblock offset ${hexAlt(offset)} unaligned (reftable index: ${hexAlt(index)}); further non-fatal corruption events will be suppressed`,
-        );
+        const what = `Refblock offset ${hexAlt(offset)} unaligned (reftable index: ${hexAlt(index)})`;
+        if (this.markCorrupt === undefined) {
+          this.report('refcount-unreadable', `qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed`);
+        } else {
+          this.report('refcount-unreadable', `qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`);
+          await this.markCorrupt();
+        }
       }
       return 'unaligned';
     }
@@ -421,7 +432,7 @@ export class ImageChecker {
     await this.storage.read(cluster0, 0);
     this.header = decodeHeader(cluster0);
     this.layout = layoutOf(this.header);
-    this.stored = await StoredRefcounts.load(this.storage, this.layout, this.header, (kind, text) => this.message(kind, text));
+    this.stored = await StoredRefcounts.load(this.storage, this.layout, this.header, (kind, text) => this.message(kind, text), this.markCorrupt());
   }
 
   /** Clusters the file spans (qemu's size_to_clusters of its length). */
@@ -890,6 +901,11 @@ export class ImageChecker {
 
   // ---------------------------------------------------------------------------------------------------------
   // Repair hooks: a plain check never writes.
+
+  /** How to mark the image corrupt on disk when metadata cannot be used (a repair only; a check reads). */
+  protected markCorrupt(): (() => Promise<void>) | undefined {
+    return undefined;
+  }
 
   /** fix_l2_entry_by_zero: true when the entry was rewritten. */
   protected async repairPreallocatedEntry(_l2Offset: number, _index: number, _zeroBits: number, _allocBits: number, _active: boolean): Promise<boolean> {

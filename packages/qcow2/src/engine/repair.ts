@@ -1,12 +1,11 @@
 import { Qcow2Error } from '../errors.js';
 import { IncompatibleFeature, MAX_REFCOUNT_TABLE_BYTES } from '../format/constants.js';
-import { hasBit, setBit } from '../format/header.js';
+import { setBit } from '../format/header.js';
 import { setRefcount } from '../format/refcount-block.js';
 import { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from '../format/snapshot-table.js';
 import { viewOf, writeU64 } from '../format/struct.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
 import { CheckAbort, ImageChecker, runChecker, zeroCounters, type CheckOptions, type CheckReport } from './check.js';
-import { l1TableFrom } from './mapping.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import { Refcounts } from './refcounts.js';
 
@@ -119,13 +118,7 @@ class ImageRepairer extends ImageChecker {
   }
 
   protected override async repairL2Table(offset: number, table: Uint8Array): Promise<void> {
-    const what = await this.overlap(offset, table.length);
-    if (what !== undefined && what !== 'active L1 table' && offset % this.clusterSize === 0) {
-      this.message('copied-flag', 'ERROR: Could not write L2 table; metadata overlap check failed: Input/output error');
-      this.res.checkErrors++;
-      throw new CheckAbort('Input/output error');
-    }
-    if (what !== undefined) {
+    if ((await this.overlap(offset, table.length)) !== undefined) {
       this.message('copied-flag', 'ERROR: Could not write L2 table; metadata overlap check failed: Input/output error');
       this.res.checkErrors++;
       throw new CheckAbort('Input/output error');
@@ -134,13 +127,16 @@ class ImageRepairer extends ImageChecker {
   }
 
   /**
-   * Writes a new refcount table and blocks past the end of the file from the computed references (without the
-   * old refcount structures, which the new ones replace) and switches the header to them in one write. Until
-   * that write the new clusters are unreferenced; after it, the old table and blocks are simply free.
+   * Writes a new refcount table and blocks past the end of the file from the computed references and switches
+   * the header to them in one write. Until that write the new clusters are unreferenced. The old table and
+   * blocks stay counted in the new blocks (they are in use until the switch), so after it they are merely
+   * leaked, and the leak pass that follows frees them, as qemu does. Old refcount blocks that lay past the end
+   * of the file are not carried over: the new table does not point there.
    */
   async rebuildRefcountStructure(): Promise<void> {
     const refs = this.refs;
-    for (const cluster of this.refcountStructureRefs) refs.set(cluster, refs.get(cluster) - 1);
+    const fileClusters = this.fileClusters();
+    for (const cluster of this.refcountStructureRefs) if (cluster >= fileClusters) refs.set(cluster, refs.get(cluster) - 1);
     const cs = this.clusterSize;
     const epb = this.stored.entriesPerBlock;
     let highest = -1;
@@ -180,7 +176,6 @@ class ImageRepairer extends ImageChecker {
       throw new CheckAbort('Cannot allocate memory');
     }
     for (let c = start; c < end; c++) refs.set(c, 1);
-    if (refs.get(start) !== 1) throw new Qcow2Error('BAD_HEADER', 'refcount rebuild: new structures overlap counted clusters', { file: this.name });
 
     // 1. The blocks, each from the counts of its range.
     const bits = this.layout.refcountBits;
@@ -222,16 +217,7 @@ class ImageRepairer extends ImageChecker {
     let position = 0;
     for (let i = 0; i < this.snapshots.length; i++) {
       const decoded = decodeSnapshotEntry(oldBytes, position);
-      if ('needed' in decoded) {
-        // The last entry ends at the table's end; its padding lies past it.
-        const padded = new Uint8Array(decoded.needed);
-        padded.set(oldBytes);
-        const retry = decodeSnapshotEntry(padded, position);
-        if ('needed' in retry) throw new Qcow2Error('BAD_SNAPSHOT_TABLE', `snapshot table entry ${i} could not be read`, { file: this.name });
-        entries.push(completeEntry(retry.entry, this.header.size));
-        position = retry.next;
-        continue;
-      }
+      if ('needed' in decoded) throw new Qcow2Error('BAD_SNAPSHOT_TABLE', `snapshot table entry ${i} could not be read`, { file: this.name });
       entries.push(completeEntry(decoded.entry, this.header.size));
       position = decoded.next;
     }
@@ -252,10 +238,21 @@ class ImageRepairer extends ImageChecker {
     writeU64(viewOf(fields), 4, offset);
     await this.writeSync(fields, HEADER_NB_SNAPSHOTS);
     const oldOffset = this.header.snapshotsOffset;
-    const oldClusters = Math.ceil((oldOffset % cs) + this.snapshotTableSize) / cs;
-    if (oldOffset !== 0 && this.snapshotTableSize > 0) await refcounts.free(oldOffset - (oldOffset % cs), Math.ceil(oldClusters));
+    if (oldOffset !== 0 && this.snapshotTableSize > 0) await refcounts.free(oldOffset, Math.ceil(this.snapshotTableSize / cs));
     await refcounts.flush();
     await this.storage.flush();
+  }
+
+  /** qcow2_mark_corrupt: sets the corrupt bit, so nothing writes to the image until a repair succeeds. */
+  protected override markCorrupt(): () => Promise<void> {
+    return async () => {
+      if (this.header.version < 3) return;
+      const features = setBit(this.header.incompatibleFeatures, IncompatibleFeature.Corrupt, true);
+      const word = new Uint8Array(8);
+      viewOf(word).setBigUint64(0, features);
+      await this.writeSync(word, HEADER_INCOMPATIBLE);
+      this.header.incompatibleFeatures = features;
+    };
   }
 
   /** qcow2_mark_clean + qcow2_mark_consistent: clears the dirty and corrupt bits, last. */
@@ -377,6 +374,4 @@ async function refreshImage(image: Qcow2Image): Promise<void> {
   image.replaceActiveL1(l1);
   image.l2Cache.clear();
   image.invalidateCompressedCache();
-  void l1TableFrom;
-  void hasBit;
 }

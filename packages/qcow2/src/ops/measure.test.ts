@@ -10,9 +10,9 @@ import { Qcow2Error } from '../errors.js';
 import { MemoryStorage } from '../io/memory-storage.js';
 import type { Storage, StorageRegion } from '../io/storage.js';
 import { openImageFile } from '../node/index.js';
+import { hasMetadataPreallocation } from '../engine/metadata-preallocation.js';
 import {
   dataClusterBytes,
-  hasMetadataPreallocation,
   measureImage,
   measureNewImage,
   qcow2FullyAllocatedSize,
@@ -452,7 +452,7 @@ describe.runIf(withQemuIo)('measureImage equals qemu-img measure FILE', () => {
     for (const file of ['prealloc-meta64k.qcow2', 'prealloc-meta-v2.qcow2', 'over-prealloc.qcow2']) await expectSameAsQemu(dir, { file });
     const device = await openImageFile(join(dir, 'prealloc-meta64k.qcow2'));
     try {
-      expect(device instanceof Qcow2Device && (await hasMetadataPreallocation(device))).toBe(true);
+      expect(device instanceof Qcow2Device && (await hasMetadataPreallocation(device.image))).toBe(true);
     } finally {
       await device.close();
     }

@@ -11,10 +11,8 @@ import {
 } from '../format/bitmap-directory.js';
 import { findExtension } from '../format/header-extensions.js';
 import { hasBit } from '../format/header.js';
-import type { Preallocation } from '../engine/create-image.js';
-import { Refcounts } from '../engine/refcounts.js';
-import { getRefcount } from '../format/refcount-block.js';
 import { viewOf } from '../format/struct.js';
+import type { Preallocation } from '../engine/create-image.js';
 import { walkExtents } from './extent-walk.js';
 
 /**
@@ -178,69 +176,6 @@ function sectorLength(device: BlockDevice): bigint {
 }
 
 /**
- * qemu's test for an image made with preallocation=metadata (qcow2_detect_metadata_preallocation): the file has
- * clearly more clusters with a non-zero refcount than blocks the file system really holds, namely at least
- * max(held * 10 / 9, held + 2) of them, where held = allocated bytes / cluster size. Refcounts are counted only
- * as far as that threshold. Storages that cannot tell their allocation never qualify.
- */
-export async function hasMetadataPreallocation(device: Qcow2Device): Promise<boolean> {
-  const image = device.image;
-  const storage = image.storage;
-  if (storage.allocatedSize === undefined) return false;
-  const clusterSize = image.clusterSize;
-  const heldClusters = Math.floor((await storage.allocatedSize()) / clusterSize);
-  const threshold = Math.max(Math.floor((heldClusters * 10) / 9), heldClusters + 2);
-  const endCluster = Math.ceil((await storage.size()) / clusterSize);
-  const refcounts = await Refcounts.load(storage, image.layout, image.header.refcountTableOffset, image.header.refcountTableClusters, async () => {});
-  const perBlock = refcounts.entriesPerBlock;
-  const block = new Uint8Array(clusterSize);
-  const view = viewOf(block);
-  let counted = 0;
-  for (let index = 0; index * perBlock < endCluster && counted < threshold; index++) {
-    const offset = refcounts.blockOffsets[index] ?? 0;
-    if (offset === 0) continue;
-    if ((await storage.read(block, offset)) < clusterSize) block.fill(0);
-    const entries = Math.min(perBlock, endCluster - index * perBlock);
-    for (let i = 0; i < entries && counted < threshold; i++) if (getRefcount(view, i, image.layout.refcountBits) !== 0) counted++;
-  }
-  return counted >= threshold;
-}
-
-/**
- * The source's extents as qemu's block status reports them to measure. One refinement over the device's own
- * extents: in a qcow2 layer that qemu takes for metadata-preallocated, data clusters are checked against the
- * host file too (qemu's BDRV_BLOCK_RECURSE), and the parts lying in host holes (or past the host file's end)
- * read as zeros.
- */
-async function* blockStatusExtents(source: BlockDevice, length: number): AsyncGenerator<Extent> {
-  const layers: BlockDevice[] = [];
-  for (let layer: BlockDevice | undefined = source; layer !== undefined; layer = layer.backing) layers.push(layer);
-  const preallocated = new Map<number, boolean>();
-  for await (const extent of walkExtents(source, 0, length)) {
-    const layer = layers[extent.depth];
-    if (extent.kind !== 'data' || extent.zeroData === true || extent.compressed === true || extent.hostOffset === undefined || !(layer instanceof Qcow2Device)) {
-      yield extent;
-      continue;
-    }
-    let detected = preallocated.get(extent.depth);
-    if (detected === undefined) {
-      detected = await hasMetadataPreallocation(layer);
-      preallocated.set(extent.depth, detected);
-    }
-    const host = layer.image.dataStorage;
-    if (!detected || host.dataRegions === undefined) {
-      yield extent;
-      continue;
-    }
-    for (const region of await host.dataRegions(extent.hostOffset, extent.length)) {
-      const refined: Extent = { ...extent, offset: extent.offset + (region.offset - extent.hostOffset), length: region.length, hostOffset: region.offset };
-      if (region.hole) refined.zeroData = true;
-      yield refined;
-    }
-  }
-}
-
-/**
  * Bytes of the target's clusters that hold source data: every target cluster containing any byte the source's
  * block status calls data (in any layer of its chain). Zero and unallocated ranges do not count, nor data whose
  * host bytes are a known hole. A cluster counts once however many data extents touch it.
@@ -249,7 +184,7 @@ export async function dataClusterBytes(source: BlockDevice, clusterSize: number,
   const size = BigInt(clusterSize);
   let clusters = 0n;
   let countedUpTo = 0n; // clusters below this index have been counted
-  for await (const extent of blockStatusExtents(source, Math.min(length, source.size))) {
+  for await (const extent of walkExtents(source, 0, Math.min(length, source.size))) {
     if (extent.kind !== 'data' || extent.zeroData === true) continue;
     const first = BigInt(extent.offset) / size;
     const end = divRoundUp(BigInt(extent.offset + extent.length), size);
