@@ -39,7 +39,7 @@ export {
   type FormatSpecificInfo,
   type OpenForInfoOptions,
 } from './ops/image-info.js';
-export { createQcow2, type CreateQcow2Options, type Preallocation } from './engine/create-image.js';
+export { createQcow2, validateCreateOptions, type CreateQcow2Options, type Preallocation } from './engine/create-image.js';
 export { Qcow2Writer, type BelowReader } from './engine/image-writer.js';
 export { Refcounts } from './engine/refcounts.js';
 export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from './ops/convert-to-qcow2.js';
@@ -51,6 +51,6 @@ export { makeEmpty, type MakeEmptyResult } from './engine/make-empty.js';
 export { commitImage, commitPlan, commitIntoBase, emptyImageFile, findBackingDepth, chainLayers, type CommitOptions, type CommitResult, type CommitRange } from './ops/commit.js';
 export { rebaseImage, rebaseOnto, type RebaseOptions, type RebaseOntoOptions, type RebaseResult } from './ops/rebase.js';
 export { buildChainTree, type ChainTree, type ChainTreeOptions, type ChainImage, type ChainProblem, type ChainProblemCode, type ChainRole, type ChainSnapshot } from './ops/chain-tree.js';
-export { checkImage, type CheckReport, type CheckMessage, type CheckProblemKind, type CheckOptions } from './engine/check.js';
-export { repairImage, type RepairMode, type RepairReport } from './engine/repair.js';
+export { checkImage, checkStorage, type CheckReport, type CheckMessage, type CheckProblemKind, type CheckOptions } from './engine/check.js';
+export { repairImage, repairStorage, type RepairMode, type RepairReport } from './engine/repair.js';
 export { hasMetadataPreallocation } from './engine/metadata-preallocation.js';

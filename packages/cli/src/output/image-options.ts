@@ -34,8 +34,9 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
         options.size = parseSize(value);
         break;
       case 'preallocation':
-        if (!['off', 'metadata', 'falloc', 'full'].includes(value)) throw new CommandError(`Invalid parameter '${value}'`);
-        if (format === 'raw' && value === 'metadata') throw new CommandError(`Invalid parameter 'metadata'`);
+        if (!['off', 'metadata', 'falloc', 'full'].includes(value) || (format === 'raw' && value === 'metadata')) {
+          throw new CommandError(`Parameter 'preallocation' does not accept value '${value}'`);
+        }
         options.preallocation = value as Preallocation;
         break;
       case 'cluster_size':
@@ -48,7 +49,7 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
       case 'compat':
         if (value === '0.10' || value === 'v2') q.compat = '0.10';
         else if (value === '1.1' || value === 'v3') q.compat = '1.1';
-        else throw new CommandError(`Invalid parameter value for 'compat': '${value}'`);
+        else throw new CommandError(`Parameter 'compat' does not accept value '${value}'`);
         break;
       case 'lazy_refcounts':
         q.lazyRefcounts = onOff(key, value);
@@ -57,7 +58,7 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
         q.extendedL2 = onOff(key, value);
         break;
       case 'compression_type':
-        if (value !== 'zlib' && value !== 'zstd') throw new CommandError(`Invalid parameter value for 'compression_type': '${value}'`);
+        if (value !== 'zlib' && value !== 'zstd') throw new CommandError(`Parameter 'compression_type' does not accept value '${value}'`);
         q.compressionType = value;
         break;
       case 'backing_file':
@@ -84,14 +85,15 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
 export function formattingLine(filename: string, format: 'qcow2' | 'raw', size: number, options: ImageOptions): string {
   const q = options.qcow2;
   const fields: string[] = [`fmt=${format}`];
+  const showPreallocation = options.preallocation !== 'off' || options.given.has('preallocation');
   if (format === 'raw') {
-    if (options.preallocation !== 'off') fields.push(`preallocation=${options.preallocation}`);
     fields.push(`size=${size}`);
+    if (showPreallocation) fields.push(`preallocation=${options.preallocation}`);
     return `Formatting '${filename}', ${fields.join(' ')}`;
   }
   fields.push(`cluster_size=${q.clusterSize ?? 65536}`);
   fields.push(`extended_l2=${q.extendedL2 ? 'on' : 'off'}`);
-  if (options.preallocation !== 'off') fields.push(`preallocation=${options.preallocation}`);
+  if (showPreallocation) fields.push(`preallocation=${options.preallocation}`);
   fields.push(`compression_type=${q.compressionType ?? 'zlib'}`);
   fields.push(`size=${size}`);
   if (options.given.has('compat')) fields.push(`compat=${options.given.get('compat')}`);

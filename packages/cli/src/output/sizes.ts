@@ -2,10 +2,18 @@ import { CommandError } from './errors.js';
 
 const suffixes: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
 
-/** A size with qemu's suffixes (k, M, G, T, P, E; binary multiples; "b" for bytes). */
+/**
+ * A size as qemu parses it (qemu_strtosz): decimal or 0x hex, an optional fraction only with a suffix above
+ * bytes, suffixes k, M, G, T, P, E (binary multiples) or b for bytes.
+ */
 export function parseSize(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)\s*([bkmgtpe]?)$/i.exec(text.trim());
-  if (!match) throw new CommandError(`Invalid size '${text}'`);
+  const trimmed = text.trim();
+  const hex = /^0x[0-9a-f]+$/i.exec(trimmed);
+  if (hex) return Number(trimmed);
+  const match = /^(\d+(?:\.\d+)?)\s*([bkmgtpe]?)$/i.exec(trimmed);
+  if (!match || (match[1]!.includes('.') && (match[2] === '' || match[2]!.toLowerCase() === 'b'))) {
+    throw new CommandError(`Invalid size '${text}'`);
+  }
   const value = Number(match[1]) * suffixes[match[2]!.toLowerCase()]!;
   if (!Number.isSafeInteger(Math.round(value))) throw new CommandError(`Invalid size '${text}': too large`);
   return Math.round(value);

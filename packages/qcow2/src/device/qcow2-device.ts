@@ -115,7 +115,8 @@ export class Qcow2Device implements BlockDevice {
 
   /** The active state follows the image (a resize changes it); a snapshot view keeps what it was made with. */
   get size(): number {
-    return this.fixedSize ?? this.image.virtualSize;
+    // qemu keeps a disk's size in 512-byte sectors: a header size that is not a multiple rounds down.
+    return this.fixedSize ?? Math.floor(this.image.virtualSize / 512) * 512;
   }
 
   private get l1(): L1Table {

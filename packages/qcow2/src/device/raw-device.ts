@@ -15,11 +15,12 @@ export class RawDevice implements BlockDevice {
 
   async resize(newSize: number): Promise<void> {
     await this.storage.truncate(newSize);
-    this.size = newSize;
+    this.size = Math.ceil(newSize / 512) * 512;
   }
 
+  /** qemu counts a raw image in 512-byte sectors: a file whose length is not a multiple reads zeros to the next. */
   static async open(storage: Storage, filename = storage.name): Promise<RawDevice> {
-    return new RawDevice(filename, storage, await storage.size());
+    return new RawDevice(filename, storage, Math.ceil((await storage.size()) / 512) * 512);
   }
 
   async read(buffer: Uint8Array, offset: number): Promise<void> {

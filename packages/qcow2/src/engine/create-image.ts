@@ -62,8 +62,11 @@ function fail(message: string): never {
   throw new Qcow2Error('BAD_ARGUMENT', message);
 }
 
-/** Checks option combinations the way qemu-img create does, with its messages where they help. */
-function validate(options: CreateQcow2Options): { clusterBits: number; refcountOrder: number; version: 2 | 3 } {
+/**
+ * Checks option combinations the way qemu-img create does, with qemu's messages, before anything is written
+ * (qemu-img leaves no file behind when it refuses; callers that create the file call this first).
+ */
+export function validateCreateOptions(options: CreateQcow2Options): { clusterBits: number; refcountOrder: number; version: 2 | 3 } {
   const clusterSize = options.clusterSize ?? 65536;
   const clusterBits = Math.log2(clusterSize);
   if (!Number.isInteger(clusterBits) || clusterBits < 9 || clusterBits > 21) {
@@ -74,16 +77,20 @@ function validate(options: CreateQcow2Options): { clusterBits: number; refcountO
   if (!Number.isInteger(refcountOrder) || refcountOrder < 0 || refcountOrder > 6) fail('Refcount width must be a power of two and may not exceed 64 bits');
   const version = options.compat === '0.10' ? 2 : 3;
   if (version === 2) {
-    if (refcountBits !== 16) fail('Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
-    if (options.lazyRefcounts) fail('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
-    if (options.extendedL2) fail('Extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
-    if (options.compressionType === 'zstd') fail('Compression type other than zlib requires compat=1.1 or greater');
-    if (options.dataFile !== undefined) fail('data-file requires compat=1.1 or greater');
+    // qemu says "version=v3" (its QAPI name); users type -o compat=, so the hint names that.
+    const hint = ' (use compat=1.1 or greater)';
+    if (refcountBits !== 16) fail(`Different refcount widths than 16 bits require compatibility level 1.1 or above${hint}`);
+    if (options.lazyRefcounts) fail(`Lazy refcounts only supported with compatibility level 1.1 and above${hint}`);
+    if (options.extendedL2) fail(`Extended L2 entries are only supported with compatibility level 1.1 and above${hint}`);
+    if (options.compressionType === 'zstd') fail(`Non-zlib compression type is only supported with compatibility level 1.1 and above${hint}`);
+    if (options.dataFile !== undefined) fail(`External data files are only supported with compatibility level 1.1 and above${hint}`);
   }
   if (options.extendedL2 && clusterBits < MIN_EXTENDED_L2_CLUSTER_BITS) fail('Extended L2 entries are only supported with cluster sizes of at least 16384 bytes');
   if (options.dataFileRaw && options.dataFile === undefined) fail("data-file-raw requires data-file");
   if (options.backingFile !== undefined && options.dataFileRaw) fail('Backing file and data-file-raw cannot be used at the same time');
   if (!Number.isSafeInteger(options.size) || options.size < 0) fail(`Invalid image size ${options.size}`);
+  const l2Coverage = (clusterSize / (options.extendedL2 ? 16 : 8)) * clusterSize;
+  if (Math.ceil(options.size / l2Coverage) * 8 > MAX_L1_BYTES) fail("The image size is too large for file format 'qcow2' (try using a larger cluster size)");
   return { clusterBits, refcountOrder, version };
 }
 
@@ -93,7 +100,7 @@ function validate(options: CreateQcow2Options): { clusterBits: number; refcountO
  * with small clusters and narrow refcounts) go through the same allocator as every later write.
  */
 export async function createQcow2(storage: Storage, options: CreateQcow2Options): Promise<void> {
-  const { clusterBits, refcountOrder, version } = validate(options);
+  const { clusterBits, refcountOrder, version } = validateCreateOptions(options);
   const clusterSize = 2 ** clusterBits;
   const size = Math.ceil(options.size / 512) * 512;
   const extensions: HeaderExtension[] = [];
@@ -130,13 +137,12 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
     extensions,
     backingFile: options.backingFile,
   };
-  // qemu leaves the feature name table out when it does not fit in cluster 0 (512-byte clusters).
-  if (version === 3 && encodedHeaderSize(header) > clusterSize) {
+  // qemu writes the feature name table only with clusters above 4 KiB (and it must fit in cluster 0).
+  if (version === 3 && (clusterSize <= 4096 || encodedHeaderSize(header) > clusterSize)) {
     header.extensions = extensions.filter((e) => e.type !== HeaderExtensionType.FeatureNameTable);
   }
   const layout = layoutOf(header);
   header.l1Size = Math.ceil(size / layout.l2Coverage);
-  if (header.l1Size * 8 > MAX_L1_BYTES) fail('Image size is too large for this cluster size');
 
   // Cluster 0 header, 1 refcount table, 2 the first refcount block counting clusters 0..2.
   if ((await storage.size()) > 0) await storage.truncate(0);
@@ -155,11 +161,12 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
     header.refcountTableOffset = offset;
     header.refcountTableClusters = clusters;
   });
-  const l1Clusters = Math.max(1, Math.ceil((header.l1Size * 8) / clusterSize));
-  header.l1TableOffset = await refcounts.allocate(l1Clusters);
+  // An empty disk has no L1 table at all (offset 0), as qemu makes it.
+  const l1Clusters = Math.ceil((header.l1Size * 8) / clusterSize);
+  header.l1TableOffset = l1Clusters === 0 ? 0 : await refcounts.allocate(l1Clusters);
   await refcounts.flush();
   // Like qemu, the file ends where the L1 table's entries end (later allocations still go by refcounts).
-  const end = Math.max(await storage.size(), header.l1TableOffset + Math.max(header.l1Size * 8, 1));
+  const end = Math.max(await storage.size(), header.l1TableOffset + header.l1Size * 8);
   await storage.truncate(end);
   await storage.write(encodeHeader(header), 0);
   await storage.flush();
