@@ -147,7 +147,10 @@ async function writeCompressed(device: WritableBlockDevice, offset: number, leng
   const compress = clusterCompressor(device.image.layout.compressionType === 1 ? 'zstd' : 'zlib', clusterSize);
   for (let at = offset; at < offset + length; at += clusterSize) {
     const cluster = new Uint8Array(Math.min(clusterSize, offset + length - at)).fill(pattern);
-    const stored = cluster.length === clusterSize ? await compress(cluster) : undefined;
+    // The disk's short last cluster is compressed padded with zeros, as qemu does.
+    const whole = new Uint8Array(clusterSize);
+    whole.set(cluster);
+    const stored = await compress(whole);
     if (stored === undefined) await device.write(cluster, at);
     else await device.writeCompressed(at, stored);
   }

@@ -7,6 +7,11 @@ export function progressPrinter(enabled: boolean): { update: (done: number, tota
   const print = (percent: number): void => {
     process.stdout.write(`    (${percent.toFixed(2)}/100%)\r`);
   };
+  // qemu-img shows 0.00% as soon as the operation starts.
+  if (enabled) {
+    last = 0;
+    print(0);
+  }
   return {
     update(done, total) {
       if (!enabled) return;

@@ -291,11 +291,13 @@ export class Qcow2Writer {
     if (this.image.layout.externalDataFile) throw new Qcow2Error('BAD_ARGUMENT', 'compressed clusters cannot be written to an image with an external data file');
     if (stored.length > clusterSize) throw new Qcow2Error('BAD_ARGUMENT', 'compressed cluster larger than a cluster');
     await this.beforeFirstWrite();
-    const hostOffset = await this.allocateBytes(stored.length);
-    await this.image.storage.write(stored, hostOffset);
+    // The L2 table first (as qemu allocates it), so the file ends right after the last compressed sector.
     const l1Index = Math.floor(guestOffset / l2Coverage);
     const l2Offset = await this.l2ForWrite(l1Index);
+    const hostOffset = await this.allocateBytes(stored.length);
+    await this.image.storage.write(stored, hostOffset);
     const table = await this.image.l2Table(l2Offset);
+    this.image.l2Cache.markDirty(l2Offset);
     const view = viewOf(table);
     const at = ((guestOffset / clusterSize) % l2Entries) * l2EntryBytes;
     this.queueFreeOfEntry(view.getUint32(at), view.getUint32(at + 4), clusterBits, false);

@@ -43,7 +43,8 @@ export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, o
       turn ^= 1;
       await source.read(chunk, pos);
       await pendingWrite;
-      pendingWrite = options.compress === undefined ? writeNonZeroClusters(target, chunk, pos, clusterSize) : writeCompressedClusters(target, chunk, pos, clusterSize, options.compress);
+      pendingWrite =
+        options.compress === undefined ? writeNonZeroBlocks(target, chunk, pos, zeroGranularity(target)) : writeCompressedClusters(target, chunk, pos, clusterSize, options.compress);
       options.onProgress?.(pos + chunk.length, total);
     }
   }
@@ -52,10 +53,19 @@ export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, o
   options.onProgress?.(total, total);
 }
 
-async function writeNonZeroClusters(target: Qcow2Device, chunk: Uint8Array, offset: number, clusterSize: number): Promise<void> {
+/**
+ * The size of the zero blocks a conversion leaves out: whole clusters, or with extended L2 whole subclusters
+ * but never less than qemu-img's default -S 4k (qemu allocates only the subclusters holding data).
+ */
+function zeroGranularity(target: Qcow2Device): number {
+  const { extendedL2, clusterSize, subclusterSize } = target.image.layout;
+  return extendedL2 ? Math.min(clusterSize, Math.max(4096, subclusterSize)) : clusterSize;
+}
+
+async function writeNonZeroBlocks(target: Qcow2Device, chunk: Uint8Array, offset: number, blockSize: number): Promise<void> {
   let runStart = -1;
-  for (let pos = 0; pos < chunk.length; pos += clusterSize) {
-    const zero = isZero(chunk.subarray(pos, pos + clusterSize));
+  for (let pos = 0; pos < chunk.length; pos += blockSize) {
+    const zero = isZero(chunk.subarray(pos, pos + blockSize));
     if (!zero && runStart < 0) runStart = pos;
     if (zero && runStart >= 0) {
       await target.write(chunk.subarray(runStart, pos), offset + runStart);
@@ -72,13 +82,12 @@ async function writeCompressedClusters(target: Qcow2Device, chunk: Uint8Array, o
     const data = chunk.subarray(pos, pos + clusterSize);
     if (!isZero(data)) clusters.push({ at: pos, data });
   }
-  const compressed = await Promise.all(
-    clusters.map(({ data }) => (data.length === clusterSize ? compress(data) : Promise.resolve(undefined))),
-  );
+  // The short last cluster of a disk is compressed too, padded with the zeros it reads as (as qemu does).
+  const compressed = await Promise.all(clusters.map(({ data }) => compress(data.length === clusterSize ? data : padded(data, clusterSize))));
   for (let i = 0; i < clusters.length; i++) {
     const { at, data } = clusters[i]!;
     const stored = compressed[i];
-    // A cluster that does not shrink (or the short last cluster of the disk) is stored uncompressed, as qemu does.
+    // A cluster that does not shrink is stored uncompressed, as qemu does.
     if (stored === undefined) await target.write(data, offset + at);
     else await target.writeCompressed(offset + at, stored);
   }
@@ -141,5 +150,11 @@ function mergeRanges(ranges: Array<{ offset: number; length: number }>): Array<{
     if (last !== undefined && r.offset <= last.offset + last.length) last.length = Math.max(last.length, r.offset + r.length - last.offset);
     else out.push({ ...r });
   }
+  return out;
+}
+
+function padded(data: Uint8Array, size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  out.set(data);
   return out;
 }
