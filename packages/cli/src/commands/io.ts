@@ -1,55 +1,14 @@
 import type { Command } from 'commander';
-import { Qcow2Device, isWritable, type BlockDevice, type WritableBlockDevice } from '@qcowkit/qcow2';
+import { Qcow2Device, Qcow2Error, isWritable, type BlockDevice, type WritableBlockDevice } from '@qcowkit/qcow2';
 import { clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
+import { IoCommandError, parseIoCommand, type IoCommand } from './io-parse.js';
 import { parseFormatFlag, withDevice } from './open.js';
 
 /**
- * A subset of qemu-io: read [-P pattern] [-v], write [-P pattern] [-z [-u]] [-c], discard, flush — with
- * qemu-io's numbers (k/M/G/T/P/E suffixes), messages, and exit status 1 when any command failed.
+ * qcowkit io: a subset of qemu-io (read, write, discard, flush; see io-parse.ts for the language). Like qemu-io,
+ * every command runs even after one failed, errors go to stdout, and the exit status is 1 when any failed.
  */
-interface IoCommand {
-  name: 'read' | 'write' | 'discard' | 'flush';
-  flags: Set<string>;
-  pattern?: number;
-  offset: number;
-  length: number;
-}
-
-const SUFFIX: Record<string, number> = { k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
-
-function parseNumber(text: string): number {
-  const match = /^(0x[0-9a-f]+|\d+)([kmgtpe]?)$/i.exec(text);
-  if (!match) throw new CommandError(`Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- ${text}`);
-  const value = Number(match[1]) * (match[2] === '' ? 1 : SUFFIX[match[2]!.toLowerCase()]!);
-  if (!Number.isSafeInteger(value)) throw new CommandError(`Parsing error: number too large -- ${text}`);
-  return value;
-}
-
-function parseCommand(text: string): IoCommand {
-  const words = text.trim().split(/\s+/);
-  const name = words.shift();
-  if (name !== 'read' && name !== 'write' && name !== 'discard' && name !== 'flush') throw new CommandError(`command "${name}" not found`);
-  const command: IoCommand = { name, flags: new Set(), offset: 0, length: 0 };
-  const positional: string[] = [];
-  while (words.length > 0) {
-    const word = words.shift()!;
-    if (word === '-P') {
-      const pattern = parseNumber(words.shift() ?? '');
-      command.pattern = pattern & 0xff;
-    } else if (/^-[vzucq]+$/.test(word)) {
-      for (const flag of word.slice(1)) command.flags.add(flag);
-    } else {
-      positional.push(word);
-    }
-  }
-  if (name === 'flush') return command;
-  if (positional.length !== 2) throw new CommandError(`${name}: wrong number of arguments`);
-  command.offset = parseNumber(positional[0]!);
-  command.length = parseNumber(positional[1]!);
-  return command;
-}
-
 /** qemu-io's size strings: "512 bytes", "64 KiB", "1.500 MiB". */
 function sizeString(bytes: number): string {
   const units = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
@@ -110,7 +69,7 @@ async function run(device: BlockDevice, command: IoCommand, filename: string): P
       if (command.flags.has('z')) {
         await writable.writeZeroes(offset, length, { unmap: command.flags.has('u') });
       } else if (command.flags.has('c')) {
-        await writeCompressed(writable, offset, length, command.pattern ?? 0xcd, filename);
+        if (!(await writeCompressed(writable, offset, length, command.pattern ?? 0xcd, filename))) return false;
       } else {
         await writable.write(new Uint8Array(length).fill(command.pattern ?? 0xcd), offset);
       }
@@ -138,11 +97,13 @@ function requireWritable(device: BlockDevice, filename: string): WritableBlockDe
   return device;
 }
 
-async function writeCompressed(device: WritableBlockDevice, offset: number, length: number, pattern: number, filename: string): Promise<void> {
+/** qemu-io write -c: whole clusters only (the disk's short last one included); false when refused. */
+async function writeCompressed(device: WritableBlockDevice, offset: number, length: number, pattern: number, filename: string): Promise<boolean> {
   if (!(device instanceof Qcow2Device)) throw new CommandError('Compressed writes need a qcow2 image', 1, filename);
   const clusterSize = device.image.clusterSize;
   if (offset % clusterSize !== 0 || (length % clusterSize !== 0 && offset + length !== device.size)) {
-    throw new CommandError('write failed: Invalid argument (compressed writes must cover whole clusters)', 1, filename);
+    process.stdout.write('write failed: Invalid argument\n');
+    return false;
   }
   const compress = clusterCompressor(device.image.layout.compressionType === 1 ? 'zstd' : 'zlib', clusterSize);
   for (let at = offset; at < offset + length; at += clusterSize) {
@@ -154,6 +115,7 @@ async function writeCompressed(device: WritableBlockDevice, offset: number, leng
     if (stored === undefined) await device.write(cluster, at);
     else await device.writeCompressed(at, stored);
   }
+  return true;
 }
 
 export function registerIo(program: Command): void {
@@ -166,27 +128,34 @@ export function registerIo(program: Command): void {
     .option('-r, --read-only', 'open the image read-only')
     .action(async (filename: string, flags: { format?: string; cmd: string[]; readOnly?: boolean }) => {
       // Like qemu-io, a command that does not parse is reported and skipped; the others still run.
-      const commands: Array<IoCommand | CommandError> = flags.cmd.map((text) => {
+      const commands: Array<IoCommand | IoCommandError> = flags.cmd.map((text) => {
         try {
-          return parseCommand(text);
+          return parseIoCommand(text);
         } catch (error) {
-          if (error instanceof CommandError) return error;
+          if (error instanceof IoCommandError) return error;
           throw error;
         }
       });
-      const needsWrite = commands.some((c) => !(c instanceof CommandError) && c.name !== 'read');
+      const needsWrite = commands.some((c) => !(c instanceof IoCommandError) && c.name !== 'read');
       if (needsWrite && flags.readOnly) throw new CommandError('image is opened read-only', 1, filename);
       const format = parseFormatFlag(flags.format);
       const device = await openImageFile(filename, { ...(format === undefined ? {} : { format }), writable: needsWrite });
       await withDevice(device, async () => {
         let ok = true;
         for (const command of commands) {
-          if (command instanceof CommandError) {
-            process.stderr.write(`${command.message}\n`);
+          if (command instanceof IoCommandError) {
+            (command.stream === 'stderr' ? process.stderr : process.stdout).write(`${command.message}\n`);
             ok = false;
             continue;
           }
-          ok = (await run(device, command, filename)) && ok;
+          try {
+            ok = (await run(device, command, filename)) && ok;
+          } catch (error) {
+            // An I/O failure of one command (qemu-io: "write failed: Input/output error") does not stop the rest.
+            if (!(error instanceof Qcow2Error) || error.code !== 'IO_ERROR') throw error;
+            process.stdout.write(`${command.name} failed: Input/output error\n`);
+            ok = false;
+          }
         }
         if (!ok) process.exitCode = 1;
       });

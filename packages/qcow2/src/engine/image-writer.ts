@@ -294,12 +294,16 @@ export class Qcow2Writer {
     // The L2 table first (as qemu allocates it), so the file ends right after the last compressed sector.
     const l1Index = Math.floor(guestOffset / l2Coverage);
     const l2Offset = await this.l2ForWrite(l1Index);
-    const hostOffset = await this.allocateBytes(stored.length);
-    await this.image.storage.write(stored, hostOffset);
     const table = await this.image.l2Table(l2Offset);
-    this.image.l2Cache.markDirty(l2Offset);
     const view = viewOf(table);
     const at = ((guestOffset / clusterSize) % l2Entries) * l2EntryBytes;
+    // Like qemu, a compressed cluster never overwrites one that has host space (data or compressed).
+    if ((view.getUint32(at) & COMPRESSED_HI) !== 0 || entryHostOffset(view.getUint32(at), view.getUint32(at + 4)) !== 0) {
+      throw new Qcow2Error('IO_ERROR', 'Input/output error: compressed writes need an unallocated cluster', { file: this.image.name });
+    }
+    this.image.l2Cache.markDirty(l2Offset);
+    const hostOffset = await this.allocateBytes(stored.length);
+    await this.image.storage.write(stored, hostOffset);
     this.queueFreeOfEntry(view.getUint32(at), view.getUint32(at + 4), clusterBits, false);
     const sectors = Math.floor((hostOffset + stored.length - 1) / 512) - Math.floor(hostOffset / 512);
     const { hi, lo } = encodeCompressedDescriptor(hostOffset, sectors, clusterBits);
