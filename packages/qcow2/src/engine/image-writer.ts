@@ -7,6 +7,7 @@ import type { Qcow2Image } from './qcow2-image.js';
 import { Refcounts } from './refcounts.js';
 import { SegmentKind } from './segments.js';
 import { writeSubclusters, type SubclusterContext } from './subcluster-write.js';
+import { isZero } from '../ops/zero-detect.js';
 
 /** Reads what lies below this image (the backing chain, or zeros) for guest bytes it does not hold. */
 export type BelowReader = (dest: Uint8Array, guestOffset: number) => Promise<void>;
@@ -381,12 +382,23 @@ export class Qcow2Writer {
     }
     if (length === 0) return;
     await this.beforeFirstWrite();
-    const { clusterSize, l2Coverage } = this.image.layout;
+    const { clusterSize, subclusterSize, extendedL2, l2Coverage } = this.image.layout;
+    // Zero writes work in subclusters with extended L2 (qemu sets zero bits); discards in whole clusters.
+    const unit = extendedL2 && !options.discard ? subclusterSize : clusterSize;
     const end = offset + length;
-    // The last cluster counts as whole when the disk ends inside it.
-    const firstFull = Math.ceil(offset / clusterSize) * clusterSize;
-    const lastFull = end === this.image.virtualSize ? end : Math.floor(end / clusterSize) * clusterSize;
+    // The last unit counts as whole when the disk ends inside it.
+    let firstFull = Math.ceil(offset / unit) * unit;
+    let lastFull = end === this.image.virtualSize ? end : Math.floor(end / unit) * unit;
     const v2 = this.image.header.version === 2;
+    if (!options.discard && !(v2 && options.hasBacking)) {
+      // Like qemu: a partly zeroed unit whose other bytes already read as zeros is zeroed whole (flag, no data).
+      const head = firstFull - unit;
+      if (offset < firstFull && (await this.readsZeroOutside(head, unit, offset, end, below))) firstFull = head;
+      const tail = lastFull;
+      if (end > lastFull && end < this.image.virtualSize && tail >= firstFull && (await this.readsZeroOutside(tail, unit, offset, end, below))) {
+        lastFull = Math.min(tail + unit, this.image.virtualSize);
+      }
+    }
     if (firstFull >= lastFull) {
       if (!options.discard) await this.write(offset, new Uint8Array(length), below);
       return;
@@ -402,22 +414,59 @@ export class Qcow2Writer {
         return;
       }
     }
-    for (let pos = firstFull; pos < lastFull; ) {
-      const l1Index = Math.floor(pos / l2Coverage);
-      const tableEnd = Math.min(lastFull, (l1Index + 1) * l2Coverage);
-      await this.zeroClustersInTable(l1Index, pos, tableEnd, options);
-      pos = tableEnd;
+    // Whole clusters get zero flags (or bitmaps); the subclusters of a partly covered cluster get zero bits.
+    const wholeFrom = Math.ceil(firstFull / clusterSize) * clusterSize;
+    const wholeTo = lastFull === this.image.virtualSize ? lastFull : Math.floor(lastFull / clusterSize) * clusterSize;
+    if (wholeFrom >= wholeTo) {
+      // No whole cluster: at most the tail of one cluster and the head of the next.
+      await this.zeroSubclusters(firstFull, Math.min(lastFull, wholeFrom), below);
+      if (lastFull > wholeFrom) await this.zeroSubclusters(wholeFrom, lastFull, below);
+    } else {
+      if (firstFull < wholeFrom) await this.zeroSubclusters(firstFull, wholeFrom, below);
+      for (let pos = wholeFrom; pos < wholeTo; ) {
+        const l1Index = Math.floor(pos / l2Coverage);
+        const tableEnd = Math.min(wholeTo, (l1Index + 1) * l2Coverage);
+        await this.zeroClustersInTable(l1Index, pos, tableEnd, options);
+        pos = tableEnd;
+      }
+      if (wholeTo < lastFull) await this.zeroSubclusters(wholeTo, lastFull, below);
     }
     this.image.invalidateCompressedCache();
     if (this.image.l2Cache.full) await this.writeBackMetadata();
   }
 
   /**
-   * Zeroes or discards whole clusters in one L2 table, as qemu's zero_in_l2_slice / discard_in_l2_slice do:
-   * a zero write keeps an allocated cluster (adding the zero flag) unless unmapping, and always drops compressed
-   * data; a discard drops the cluster and leaves the zero flag only where something could show through (a
-   * backing file) or where data was allocated.
+   * Extended L2: makes subclusters [from, to) of one cluster read as zeros by their bitmap bits, as qemu does; a
+   * compressed cluster has no bitmap, so its subclusters are written as zero bytes instead.
    */
+  private async zeroSubclusters(from: number, to: number, below: BelowReader): Promise<void> {
+    const { clusterSize, subclusterSize, l2Coverage, l2Entries, l2EntryBytes } = this.image.layout;
+    const cluster = Math.floor(from / clusterSize) * clusterSize;
+    const l2Offset = await this.l2ForWrite(Math.floor(from / l2Coverage));
+    const view = viewOf(await this.image.l2Table(l2Offset));
+    const at = ((cluster / clusterSize) % l2Entries) * l2EntryBytes;
+    if ((view.getUint32(at) & COMPRESSED_HI) !== 0) {
+      await this.write(from, new Uint8Array(to - from), below);
+      return;
+    }
+    this.image.l2Cache.markDirty(l2Offset);
+    const first = (from - cluster) / subclusterSize;
+    const last = Math.ceil((to - cluster) / subclusterSize) - 1;
+    const mask = last - first + 1 === 32 ? FULL_SUBCLUSTER_BITMAP : (((1 << (last - first + 1)) - 1) << first) >>> 0;
+    view.setUint32(at + 8, (view.getUint32(at + 8) | mask) >>> 0);
+    view.setUint32(at + 12, (view.getUint32(at + 12) & ~mask) >>> 0);
+  }
+
+  /** Whether the `unit` bytes at `at` read as zeros everywhere outside [from, to). */
+  private async readsZeroOutside(at: number, unit: number, from: number, to: number, below: BelowReader): Promise<boolean> {
+    const size = Math.min(unit, this.image.virtualSize - at);
+    const bytes = new Uint8Array(size);
+    await this.readOwnCluster(at, bytes, below);
+    const start = Math.max(0, from - at);
+    const end = Math.min(size, to - at);
+    return isZero(bytes.subarray(0, start)) && isZero(bytes.subarray(end));
+  }
+
   private async zeroClustersInTable(
     l1Index: number,
     from: number,
