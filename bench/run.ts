@@ -12,15 +12,19 @@ import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { commitRebase } from './commit-rebase.js';
 import { convertRaw } from './convert-raw.js';
 import { map } from './map.js';
+import { vmSnapshot } from './vm-snapshot.js';
+import { convertQcow2 } from './convert-qcow2.js';
+import { snapshot } from './snapshot.js';
 import type { BenchContext, BenchResult, Benchmark } from './lib/bench.js';
 import { describeEnvironment } from './lib/env.js';
 import { benchTempDir, cleanImageCache, imageCacheDir } from './lib/images.js';
 import { dropCachesUnavailable, formatCommand, hasGnuTime, type CacheMode } from './lib/process.js';
 import { renderReport } from './lib/report.js';
 
-const BENCHMARKS: Benchmark[] = [convertRaw, map];
+const BENCHMARKS: Benchmark[] = [convertRaw, map, convertQcow2, snapshot, commitRebase, vmSnapshot];
 
 const benchDir = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(benchDir, '..');
