@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
-import { useBlockingFileIo } from '@qcowkit/qcow2/node';
 import { registerCommands } from './commands/index.js';
 import { reportError } from './output/errors.js';
 
@@ -22,8 +21,6 @@ process.stdout.on('error', (error: NodeJS.ErrnoException) => {
 });
 
 async function main(argv: string[]): Promise<number> {
-  // One sequential job per process: blocking pread/pwrite beat round trips through the thread pool.
-  useBlockingFileIo(true);
   const program = buildProgram();
   // qemu-img resize takes "-SIZE" to shrink; keep it from being read as an option.
   const last = argv[argv.length - 1];

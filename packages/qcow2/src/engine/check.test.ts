@@ -15,8 +15,8 @@ import {
 } from '../../../../fixtures/corpus.js';
 import { Qcow2Device } from '../device/qcow2-device.js';
 import { MemoryStorage } from '../io/memory-storage.js';
-import { openImageFile } from '../node/index.js';
-import { checkImage, hex64, type CheckReport } from './check.js';
+import { FileStorage, openImageFile } from '../node/index.js';
+import { checkImage, checkStorage, hex64, type CheckReport } from './check.js';
 import { Qcow2Image } from './qcow2-image.js';
 import { asQemuJson, brokenCases, exitStatus, qemuCheck, type QemuCheck } from '../test-support/damaged-images.js';
 
@@ -76,7 +76,11 @@ describe.skipIf(!hasQemuImg())('check agrees with qemu-img check', () => {
         const file = damage.make(caseDir);
         const theirs = qemuCheck(file, caseDir);
         if (damage.clean !== true) expect(theirs.status, 'the damage must be visible to qemu').not.toBe(0);
-        expectSameAsQemu(await checkFile(join(caseDir, file)), theirs, file);
+        const storage = await FileStorage.open(join(caseDir, file));
+        const direct = await checkStorage(storage).finally(() => storage.close());
+        expectSameAsQemu(direct, theirs, file);
+        if (damage.unopenable === true) await expect(checkFile(join(caseDir, file))).rejects.toThrow(/snapshot/);
+        else expect(await checkFile(join(caseDir, file))).toEqual(direct);
       });
     }
   });

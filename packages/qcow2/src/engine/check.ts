@@ -1,11 +1,11 @@
 import { Qcow2Error } from '../errors.js';
 import { checkBitmapEntryConstraints, decodeBitmapDirectory, type BitmapDirectoryEntry } from '../format/bitmap-directory.js';
-import { AutoclearFeature, IncompatibleFeature, MAX_L1_BYTES, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_BYTES } from '../format/constants.js';
+import { AutoclearFeature, MAX_L1_BYTES, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_BYTES } from '../format/constants.js';
 import { bitmapsExtensionOf } from '../format/header-extensions.js';
 import { HEADER_PROBE_BYTES, decodeHeader, hasBit, probeClusterBits, type Qcow2Header } from '../format/header.js';
 import { getRefcount, refcountEntriesPerBlock } from '../format/refcount-block.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
-import { layoutOf, type ImageLayout } from './image-layout.js';
+import { layoutOf, validateHeader, type ImageLayout } from './image-layout.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
 /**
@@ -95,8 +95,6 @@ export interface CheckOptions {
 
 export const DEFAULT_MAX_CHECK_CLUSTERS = 2 ** 28;
 
-/** qemu's QCOW_MAX_SNAPSHOTS. */
-const MAX_SNAPSHOTS_IN_TABLE = 65536;
 /** Fixed bytes of a snapshot table entry. */
 const SNAPSHOT_HEADER_BYTES = 40;
 /** The v3 minimum of extra data in a snapshot entry: vm_state_size_large and disk_size. */
@@ -216,6 +214,9 @@ export class ReferenceCounts {
   }
 }
 
+/** peek()'s answer when the refcount block is not in memory yet. */
+export const NOT_CACHED = Symbol('not cached');
+
 /** One loaded refcount block of the stored refcounts. */
 interface LoadedBlock {
   bytes: Uint8Array;
@@ -238,6 +239,8 @@ export class StoredRefcounts {
   readonly entriesPerBlock: number;
   private readonly blocks = new Map<number, LoadedBlock>();
   private signaled = false;
+  private lastIndex = -1;
+  private lastBlock: LoadedBlock | undefined;
 
   constructor(
     private readonly storage: Storage,
@@ -276,9 +279,22 @@ export class StoredRefcounts {
     return this.table.hi[index]! * TWO_32 + ((this.table.lo[index]! & 0xfffffe00) >>> 0);
   }
 
+  /** The block of `index` when cached (or known to be absent); NOT_CACHED when it must be loaded. */
+  private cachedBlock(index: number): LoadedBlock | undefined | 'unaligned' | typeof NOT_CACHED {
+    if (index === this.lastIndex) return this.lastBlock;
+    if (index >= this.table.hi.length || (this.table.hi[index] === 0 && (this.table.lo[index]! & 0xfffffe00) === 0)) return undefined;
+    if ((this.table.lo[index]! & (this.layout.clusterSize - 1) & ~0x1ff) !== 0 && this.signaled) return 'unaligned';
+    const block = this.blocks.get(index);
+    if (block === undefined) return NOT_CACHED;
+    this.lastIndex = index;
+    this.lastBlock = block;
+    return block;
+  }
+
   private async block(index: number): Promise<LoadedBlock | undefined | 'unaligned'> {
+    const cached = this.cachedBlock(index);
+    if (cached !== NOT_CACHED) return cached;
     const offset = this.blockOffset(index);
-    if (offset === 0) return undefined;
     if ((this.table.lo[index]! & (this.layout.clusterSize - 1) & ~0x1ff) !== 0) {
       if (!this.signaled) {
         this.signaled = true;
@@ -292,18 +308,13 @@ export class StoredRefcounts {
       }
       return 'unaligned';
     }
-    let block = this.blocks.get(index);
-    if (block === undefined) {
-      await this.evict();
-      const bytes = new Uint8Array(this.layout.clusterSize);
-      await readZeroPadded(this.storage, bytes, offset);
-      block = { bytes, view: new DataView(bytes.buffer), dirty: false };
-      this.blocks.set(index, block);
-    } else {
-      // Most recently used last.
-      this.blocks.delete(index);
-      this.blocks.set(index, block);
-    }
+    await this.evict();
+    const bytes = new Uint8Array(this.layout.clusterSize);
+    await readZeroPadded(this.storage, bytes, offset);
+    const block = { bytes, view: new DataView(bytes.buffer), dirty: false };
+    this.blocks.set(index, block);
+    this.lastIndex = index;
+    this.lastBlock = block;
     return block;
   }
 
@@ -312,22 +323,38 @@ export class StoredRefcounts {
     for (const [index, block] of this.blocks) {
       if (block.dirty) await this.writeBlock(index, block);
       this.blocks.delete(index);
+      if (index === this.lastIndex) this.lastIndex = -1;
       if (this.blocks.size < 64) return;
     }
   }
 
-  /** The stored refcount of `cluster`, or undefined when it cannot be read. */
-  async get(cluster: number): Promise<number | undefined> {
-    const index = Math.floor(cluster / this.entriesPerBlock);
-    const block = await this.block(index);
-    if (block === undefined) return 0;
-    if (block === 'unaligned') return undefined;
+  private valueIn(block: LoadedBlock, cluster: number): number {
     const at = cluster % this.entriesPerBlock;
     if (this.layout.refcountBits === 64) {
       // Garbage above 2^53 stays a (large, inexact) number rather than an exception: it is reported, not used.
       return block.view.getUint32(at * 8) * TWO_32 + block.view.getUint32(at * 8 + 4);
     }
     return getRefcount(block.view, at, this.layout.refcountBits);
+  }
+
+  /**
+   * The stored refcount of `cluster` without waiting, when its block is cached: a number, undefined when it
+   * cannot be read, or NOT_CACHED (then call get()). Hot loops use this to avoid a promise per cluster.
+   */
+  peek(cluster: number): number | undefined | typeof NOT_CACHED {
+    const block = this.cachedBlock(Math.floor(cluster / this.entriesPerBlock));
+    if (block === NOT_CACHED) return NOT_CACHED;
+    if (block === undefined) return 0;
+    if (block === 'unaligned') return undefined;
+    return this.valueIn(block, cluster);
+  }
+
+  /** The stored refcount of `cluster`, or undefined when it cannot be read. */
+  async get(cluster: number): Promise<number | undefined> {
+    const block = await this.block(Math.floor(cluster / this.entriesPerBlock));
+    if (block === undefined) return 0;
+    if (block === 'unaligned') return undefined;
+    return this.valueIn(block, cluster);
   }
 
   /** Sets a stored refcount in its (existing, aligned) block; written back by flush(). False when impossible. */
@@ -399,6 +426,11 @@ export class ImageChecker {
   highestCluster = 0;
   /** Clusters counted for the refcount table and blocks (a rebuild replaces these references). */
   refcountStructureRefs: number[] = [];
+  /**
+   * Regions that start inside the file but end a cluster or more past it: not counted (qemu's rule), although
+   * their first clusters are in use. A repair must not free those clusters.
+   */
+  truncatedRegions: Array<{ offset: number; size: number }> = [];
   readonly messages: CheckMessage[] = [];
   fixLeaks = false;
   fixErrors = false;
@@ -432,7 +464,20 @@ export class ImageChecker {
     await this.storage.read(cluster0, 0);
     this.header = decodeHeader(cluster0);
     this.layout = layoutOf(this.header);
+    // What Qcow2Image.open checks, except the snapshot table: qemu-img check examines that itself.
+    validateHeader({ ...this.header, nbSnapshots: 0 }, this.layout, this.fileSize);
     this.stored = await StoredRefcounts.load(this.storage, this.layout, this.header, (kind, text) => this.message(kind, text), this.markCorrupt());
+  }
+
+  /**
+   * The part of [offset, offset+size) that lies inside the file, in whole 8-byte entries; what lies past the end
+   * reads as zeros, so a table claiming more than the file holds costs no memory.
+   */
+  async readInFile(offset: number, size: number): Promise<Uint8Array> {
+    const inFile = Math.max(0, Math.min(size, this.fileSize - offset));
+    const bytes = new Uint8Array(Math.ceil(inFile / 8) * 8);
+    await readZeroPadded(this.storage, bytes, offset);
+    return bytes;
   }
 
   /** Clusters the file spans (qemu's size_to_clusters of its length). */
@@ -461,11 +506,11 @@ export class ImageChecker {
     const { nbSnapshots, snapshotsOffset } = this.header;
     this.snapshots = [];
     this.snapshotTableSize = 0;
-    if (nbSnapshots > MAX_SNAPSHOTS_IN_TABLE || snapshotsOffset % this.clusterSize !== 0) {
+    if (nbSnapshots > MAX_SNAPSHOTS || snapshotsOffset % this.clusterSize !== 0) {
       // Qcow2Image.open refuses these; a caller that checks a raw storage gets qemu's error.
       this.res.checkErrors++;
-      this.message('snapshot', nbSnapshots > MAX_SNAPSHOTS_IN_TABLE ? 'ERROR snapshot table too large' : 'ERROR snapshot table offset invalid');
-      throw new CheckAbort(nbSnapshots > MAX_SNAPSHOTS_IN_TABLE ? 'File too large' : 'Invalid argument');
+      this.message('snapshot', nbSnapshots > MAX_SNAPSHOTS ? 'ERROR snapshot table too large' : 'ERROR snapshot table offset invalid');
+      throw new CheckAbort(nbSnapshots > MAX_SNAPSHOTS ? 'File too large' : 'Invalid argument');
     }
     if (nbSnapshots === 0) return;
     const reader = new SequentialReader(this.storage, snapshotsOffset);
@@ -518,6 +563,7 @@ export class ImageChecker {
     if (size <= 0) return;
     const cs = this.clusterSize;
     if (typeof offset === 'bigint' || offset + size - this.fileSize >= cs) {
+      if (typeof offset === 'number' && offset < this.fileSize) this.truncatedRegions.push({ offset, size });
       this.message(
         'past-end-of-file',
         `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${offset.toString(16)} size 0x${size.toString(16)}`,
@@ -548,6 +594,7 @@ export class ImageChecker {
   /** Header, active L1, snapshots, snapshot table, refcount table, bitmaps, refcount blocks. */
   async calculateRefcounts(): Promise<void> {
     this.refcountStructureRefs = [];
+    this.truncatedRegions = [];
     this.incRefcounts(0, this.clusterSize);
     await this.checkL1(this.header.l1TableOffset, this.header.l1Size, true, true);
     if (this.layout.externalDataFile && this.snapshots.length > 0) {
@@ -583,10 +630,10 @@ export class ImageChecker {
   private async checkL1(l1Offset: number, l1Size: number, fragInfo: boolean, active: boolean): Promise<void> {
     if (l1Size === 0) return;
     this.incRefcounts(l1Offset, l1Size * 8);
-    const l1 = new Uint8Array(l1Size * 8);
-    await readZeroPadded(this.storage, l1, l1Offset);
+    // Entries past the end of the file read as zeros (unused): only the part inside the file is read.
+    const l1 = await this.readInFile(l1Offset, l1Size * 8);
     const view = new DataView(l1.buffer);
-    for (let i = 0; i < l1Size; i++) {
+    for (let i = 0; i < l1.length / 8; i++) {
       const hi = view.getUint32(i * 8);
       const lo = view.getUint32(i * 8 + 4);
       if (hi === 0 && lo === 0) continue;
@@ -735,11 +782,10 @@ export class ImageChecker {
     }
     for (const entry of entries) {
       this.incRefcounts(entry.bitmapTableOffset, entry.bitmapTableSize * 8);
-      const table = new Uint8Array(entry.bitmapTableSize * 8);
-      await readZeroPadded(this.storage, table, entry.bitmapTableOffset);
+      const table = await this.readInFile(entry.bitmapTableOffset, entry.bitmapTableSize * 8);
       const view = new DataView(table.buffer);
       const offsets: number[] = [];
-      for (let i = 0; i < entry.bitmapTableSize; i++) {
+      for (let i = 0; i < table.length / 8; i++) {
         const hi = view.getUint32(i * 8);
         const lo = view.getUint32(i * 8 + 4);
         const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
@@ -805,7 +851,9 @@ export class ImageChecker {
     this.rebuild = true;
     this.res.corruptions--;
     this.res.corruptionsFixed++;
-    if (this.refs.grow(cluster + 1) && this.refs.increment(cluster)) this.refcountStructureRefs.push(cluster);
+    // Emulated only near the end of the file: qemu would grow the file (sparsely) as far as the pointer says.
+    const near = cluster < this.fileClusters() * 2 + 65536;
+    if (near && this.refs.grow(cluster + 1) && this.refs.increment(cluster)) this.refcountStructureRefs.push(cluster);
   }
 
   // ---------------------------------------------------------------------------------------------------------
@@ -814,7 +862,8 @@ export class ImageChecker {
   async compareRefcounts(fixLeaks: boolean, fixErrors: boolean): Promise<void> {
     this.highestCluster = 0;
     for (let i = 0; i < this.refs.size; i++) {
-      const stored = await this.stored.get(i);
+      const peeked = this.stored.peek(i);
+      const stored = peeked === NOT_CACHED ? await this.stored.get(i) : peeked;
       if (stored === undefined) {
         this.message('refcount-unreadable', `Can't get refcount for cluster ${i}: Input/output error`);
         this.res.checkErrors++;
@@ -842,7 +891,7 @@ export class ImageChecker {
 
   async checkOflagCopied(): Promise<void> {
     const repair = this.fixErrors || (this.fixLeaks && this.res.checkErrors === 0 && this.res.corruptions === 0 && this.res.leaks === 0);
-    const { clusterSize, clusterBits, l2Entries, l2EntryBytes, externalDataFile, extendedL2 } = this.layout;
+    const { clusterSize, l2Entries, l2EntryBytes, externalDataFile, extendedL2 } = this.layout;
     const l1Size = this.header.l1Size;
     const l1 = new Uint8Array(l1Size * 8);
     await readZeroPadded(this.storage, l1, this.header.l1TableOffset);
@@ -880,7 +929,11 @@ export class ImageChecker {
         const isData = zeroFlag ? offset !== 0 : offset !== 0 || (externalDataFile && copied);
         if (!isData) continue;
         let refcount: number | undefined = 1;
-        if (!externalDataFile) refcount = await this.stored.get(Math.floor(offset / 2 ** clusterBits));
+        if (!externalDataFile) {
+          const cluster = Math.floor(offset / clusterSize);
+          const peeked = this.stored.peek(cluster);
+          refcount = peeked === NOT_CACHED ? await this.stored.get(cluster) : peeked;
+        }
         if (refcount === undefined) continue;
         if ((refcount === 1) !== copied) {
           this.res.corruptions++;
@@ -995,9 +1048,15 @@ export async function runChecker(checker: ImageChecker, body: () => Promise<void
  * the file afresh, so the image's cached state does not matter.
  */
 export async function checkImage(image: Qcow2Image, options: CheckOptions = {}): Promise<CheckReport> {
-  const checker = new ImageChecker(image.storage, image.name, options);
-  return runChecker(checker, () => checker.run());
+  return checkStorage(image.storage, options);
 }
 
-/** The incompatible feature bits a successful repair clears: dirty (refcounts repaired) and corrupt. */
-export const REPAIR_CLEARS_FEATURES = [IncompatibleFeature.Dirty, IncompatibleFeature.Corrupt] as const;
+/**
+ * The same check on a qcow2 file given as storage, for images that Qcow2Image.open refuses but qemu-img check
+ * still examines (a snapshot table or a snapshot L1 table that does not fit in the file, for instance): the
+ * check reads everything itself, tolerating what qemu tolerates.
+ */
+export async function checkStorage(storage: Storage, options: CheckOptions = {}): Promise<CheckReport> {
+  const checker = new ImageChecker(storage, storage.name, options);
+  return runChecker(checker, () => checker.run());
+}

@@ -48,8 +48,19 @@ class ImageRepairer extends ImageChecker {
     super(storage, name, options);
   }
 
-  /** Ranges of metadata a repair must never write over (qemu's overlap check, cached mode). */
-  private async metadataRanges(): Promise<Array<{ offset: number; size: number; what: string }>> {
+  private ranges: Array<{ offset: number; size: number; what: string }> | undefined;
+
+  override async load(): Promise<void> {
+    await super.load();
+    this.ranges = undefined;
+  }
+
+  /**
+   * Ranges of metadata a repair must never write over (qemu's overlap check in its default mode: header, L1
+   * tables, refcount table and blocks, snapshot table), for the structures as loaded.
+   */
+  private metadataRanges(): Array<{ offset: number; size: number; what: string }> {
+    if (this.ranges !== undefined) return this.ranges;
     const cs = this.clusterSize;
     const ranges = [
       { offset: 0, size: cs, what: 'qcow2_header' },
@@ -63,14 +74,15 @@ class ImageRepairer extends ImageChecker {
       if (offset !== 0) ranges.push({ offset: offset - (offset % cs), size: cs, what: 'refcount block' });
     }
     for (const sn of this.snapshots) ranges.push({ offset: sn.l1TableOffset, size: sn.l1Size * 8, what: 'inactive L1 table' });
-    return ranges.filter((r) => r.size > 0);
+    this.ranges = ranges.filter((r) => r.size > 0);
+    return this.ranges;
   }
 
-  private async overlap(offset: number, size: number): Promise<string | undefined> {
+  private overlap(offset: number, size: number): string | undefined {
     const cs = this.clusterSize;
     const start = offset - (offset % cs);
     const end = Math.ceil((offset + size) / cs) * cs;
-    for (const range of await this.metadataRanges()) {
+    for (const range of this.metadataRanges()) {
       if (range.offset < end && start < range.offset + range.size) return range.what;
     }
     return undefined;
@@ -92,7 +104,7 @@ class ImageRepairer extends ImageChecker {
     } else {
       view.setUint32(4, 1); // the zero flag alone: a plain zero cluster
     }
-    if ((await this.overlap(at, l2EntryBytes)) !== undefined) {
+    if (this.overlap(at, l2EntryBytes) !== undefined) {
       this.message('misaligned', 'ERROR: Overlap check failed');
       this.res.checkErrors++;
       throw new CheckAbort('Input/output error');
@@ -118,7 +130,7 @@ class ImageRepairer extends ImageChecker {
   }
 
   protected override async repairL2Table(offset: number, table: Uint8Array): Promise<void> {
-    if ((await this.overlap(offset, table.length)) !== undefined) {
+    if (this.overlap(offset, table.length) !== undefined) {
       this.message('copied-flag', 'ERROR: Could not write L2 table; metadata overlap check failed: Input/output error');
       this.res.checkErrors++;
       throw new CheckAbort('Input/output error');
@@ -152,7 +164,8 @@ class ImageRepairer extends ImageChecker {
     let blockIndexes = new Set(used);
     let tableClusters = 0;
     for (;;) {
-      const maxIndex = Math.max(0, ...blockIndexes);
+      let maxIndex = 0;
+      for (const b of blockIndexes) if (b > maxIndex) maxIndex = b;
       const neededTable = Math.max(1, Math.ceil(((maxIndex + 1) * 8) / cs));
       const end = start + blockIndexes.size + neededTable;
       const next = new Set(used);
@@ -269,6 +282,22 @@ class ImageRepairer extends ImageChecker {
     this.header.incompatibleFeatures = features;
   }
 
+  /**
+   * A table that starts inside the file but runs a cluster or more past its end is not counted, so its clusters
+   * inside the file would look leaked and be freed while the header still points at them (qemu does free them).
+   * Nothing has been written yet: stop here.
+   */
+  private refuseUnsafe(): void {
+    const region = this.truncatedRegions[0];
+    if (region === undefined) return;
+    throw new Qcow2Error(
+      'TRUNCATED',
+      `metadata at offset 0x${region.offset.toString(16)} (${region.size} bytes) runs past the end of the file (${this.fileSize} bytes): ` +
+        'a repair would free clusters it still uses, so nothing was repaired; copy the readable data out with convert instead',
+      { file: this.name },
+    );
+  }
+
   /** qemu's qcow2_co_check_locked with fix: snapshot table, refcounts (qcow2_check_refcounts), snapshot fix, clean. */
   async runRepair(): Promise<void> {
     const fixErrors = this.mode === 'all';
@@ -278,6 +307,7 @@ class ImageRepairer extends ImageChecker {
     await this.readSnapshotTable();
     this.refs = this.newReferenceCounts();
     await this.calculateRefcounts();
+    this.refuseUnsafe();
     const preCompare = { ...this.res };
     await this.compareRefcounts(false, false);
 
@@ -337,8 +367,8 @@ function completeEntry(entry: SnapshotEntry, virtualSize: number): SnapshotEntry
     ...entry,
     extraData,
     diskSize: entry.diskSize ?? virtualSize,
-    vmStateSize: entry.vmStateSize,
-    icount: entry.extraData.length >= 24 ? entry.icount : undefined,
+    // Not stored: icount was not recorded (-1).
+    icount: undefined,
   };
 }
 
@@ -349,17 +379,32 @@ function completeEntry(entry: SnapshotEntry, virtualSize: number): SnapshotEntry
  * active L1 and L2 tables are refreshed from the file.
  */
 export async function repairImage(image: Qcow2Image, mode: RepairMode, options: CheckOptions = {}): Promise<RepairReport> {
+  let report: RepairReport;
+  try {
+    report = await repairStorage(image.storage, mode, options);
+  } catch (error) {
+    await refreshImage(image).catch(() => undefined);
+    throw error;
+  }
+  await refreshImage(image);
+  return report;
+}
+
+/**
+ * The same repair on a qcow2 file given as (writable) storage, for images Qcow2Image.open refuses but qemu-img
+ * check still examines (see checkStorage).
+ */
+export async function repairStorage(storage: Storage, mode: RepairMode, options: CheckOptions = {}): Promise<RepairReport> {
   if (mode !== 'leaks' && mode !== 'all') {
     throw new Qcow2Error('BAD_ARGUMENT', `Unknown option value for -r (expecting 'leaks' or 'all'): ${String(mode)}`);
   }
-  const repairer = new ImageRepairer(image.storage, image.name, mode, options);
+  const repairer = new ImageRepairer(storage, storage.name, mode, options);
   const repair = await runChecker(repairer, () => repairer.runRepair());
   let recheck: CheckReport | undefined;
   if (repair.failure === undefined && (repair.leaksFixed > 0 || repair.corruptionsFixed > 0)) {
-    const checker = new ImageChecker(image.storage, image.name, options);
+    const checker = new ImageChecker(storage, storage.name, options);
     recheck = await runChecker(checker, () => checker.run());
   }
-  await refreshImage(image);
   return { repair, recheck };
 }
 

@@ -165,7 +165,15 @@ export async function buildChainTree(files: string[], options: ChainTreeOptions)
   for (const filename of files) {
     const identity = await identityOf(hostFiles, filename);
     if (byIdentity.has(identity) || listedOthers.has(identity)) continue;
-    const probed = await describe(filename, identity, true, hostFiles, false);
+    let probed: Probed;
+    try {
+      probed = await describe(filename, identity, true, hostFiles, false);
+    } catch (error) {
+      // Listed but unreadable (permissions, vanished): shown, flagged, not guessed at.
+      const problem: ChainProblem = { code: 'UNREADABLE', severity: 'error', message: `cannot be read: ${(error as Error).message}` };
+      byIdentity.set(identity, { filename, identity, snapshots: [], overlays: [], listed: true, role: 'standalone', problems: [problem] });
+      continue;
+    }
     if (probed.image !== undefined) byIdentity.set(identity, probed.image);
     else listedOthers.set(identity, filename);
   }

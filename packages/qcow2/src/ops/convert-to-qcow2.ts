@@ -1,6 +1,7 @@
 import type { BlockDevice } from '../device/block-device.js';
 import type { Qcow2Device } from '../device/qcow2-device.js';
 import { alignedDataRanges } from './aligned-ranges.js';
+import { readAhead } from './read-ahead.js';
 import { firstDifference, isZero } from './zero-detect.js';
 
 /** Compresses one cluster; returns undefined when compression does not make it smaller than a cluster. */
@@ -18,12 +19,14 @@ export interface ConvertToQcow2Options {
 }
 
 const CHUNK = 4 * 1024 * 1024;
+/** Chunks read ahead while one is written. */
+const READ_DEPTH = 4;
 
 /**
  * Copies the guest contents of `source` into `target` (a fresh, writable qcow2 of the same size). Only source
  * extents holding data are read; target clusters that are all zeros are left unallocated (qemu-img's default
  * -S 4k never allocates a zero cluster in a qcow2 target). Runs of non-zero clusters become single writes, so
- * the writer allocates them contiguously; the next chunk is read while the previous one is written.
+ * the writer allocates them contiguously; reads run ahead of the writes (see readAhead).
  */
 export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, options: ConvertToQcow2Options = {}): Promise<void> {
   if (options.backing !== undefined) {
@@ -33,22 +36,11 @@ export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, o
   const clusterSize = target.image.clusterSize;
   const chunkSize = Math.max(CHUNK, clusterSize);
   const total = source.size;
-  const buffers = [new Uint8Array(chunkSize), new Uint8Array(chunkSize)];
-  let turn = 0;
-  let pendingWrite: Promise<void> = Promise.resolve();
-  for await (const range of alignedDataRanges(source, clusterSize)) {
-    const end = range.offset + range.length;
-    for (let pos = range.offset; pos < end; pos += chunkSize) {
-      const chunk = buffers[turn]!.subarray(0, Math.min(chunkSize, end - pos));
-      turn ^= 1;
-      await source.read(chunk, pos);
-      await pendingWrite;
-      pendingWrite =
-        options.compress === undefined ? writeNonZeroBlocks(target, chunk, pos, zeroGranularity(target)) : writeCompressedClusters(target, chunk, pos, clusterSize, options.compress);
-      options.onProgress?.(pos + chunk.length, total);
-    }
-  }
-  await pendingWrite;
+  await readAhead(source, alignedDataRanges(source, clusterSize), chunkSize, READ_DEPTH, async (chunk, pos) => {
+    if (options.compress === undefined) await writeNonZeroBlocks(target, chunk, pos, zeroGranularity(target));
+    else await writeCompressedClusters(target, chunk, pos, clusterSize, options.compress);
+    options.onProgress?.(pos + chunk.length, total);
+  });
   await target.flush();
   options.onProgress?.(total, total);
 }

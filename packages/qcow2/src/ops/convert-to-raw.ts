@@ -1,6 +1,7 @@
 import type { BlockDevice } from '../device/block-device.js';
 import type { Storage } from '../io/storage.js';
 import { walkExtents } from './extent-walk.js';
+import { readAhead } from './read-ahead.js';
 import { isZero } from './zero-detect.js';
 
 export interface ConvertToRawOptions {
@@ -12,11 +13,13 @@ export interface ConvertToRawOptions {
 }
 
 const CHUNK = 4 * 1024 * 1024;
+/** Chunks read ahead while one is written. */
+const READ_DEPTH = 4;
 
 /**
  * Writes the guest contents of `source` into `target` as a raw image. The target is emptied and sized first, so
  * everything not written is a hole: only extents holding data are read at all, and zero runs inside them are
- * skipped too. One chunk is read while the previous one is written.
+ * skipped too. Reads run ahead of the writes (see readAhead).
  */
 export async function convertToRaw(source: BlockDevice, target: Storage, options: ConvertToRawOptions = {}): Promise<void> {
   const sparse = options.sparseSize ?? 4096;
@@ -25,25 +28,16 @@ export async function convertToRaw(source: BlockDevice, target: Storage, options
   // zero still makes ext4 flush it on close).
   if ((await target.size()) > 0) await target.truncate(0);
   await target.truncate(total);
-  const buffers = [new Uint8Array(CHUNK), new Uint8Array(CHUNK)];
-  let turn = 0;
-  let pendingWrite: Promise<void> = Promise.resolve();
-  for await (const extent of walkExtents(source)) {
-    if (extent.kind !== 'data' || extent.zeroData === true) {
-      options.onProgress?.(extent.offset + extent.length, total);
-      continue;
+  const dataRanges = async function* () {
+    for await (const extent of walkExtents(source)) {
+      if (extent.kind === 'data' && extent.zeroData !== true) yield { offset: extent.offset, length: extent.length };
+      else options.onProgress?.(extent.offset + extent.length, total);
     }
-    const end = extent.offset + extent.length;
-    for (let pos = extent.offset; pos < end; pos += CHUNK) {
-      const chunk = buffers[turn]!.subarray(0, Math.min(CHUNK, end - pos));
-      turn ^= 1;
-      await source.read(chunk, pos);
-      await pendingWrite;
-      pendingWrite = writeNonZeroRuns(target, chunk, pos, sparse);
-      options.onProgress?.(pos + chunk.length, total);
-    }
-  }
-  await pendingWrite;
+  };
+  await readAhead(source, dataRanges(), CHUNK, READ_DEPTH, async (chunk, offset) => {
+    await writeNonZeroRuns(target, chunk, offset, sparse);
+    options.onProgress?.(offset + chunk.length, total);
+  });
   if (options.flush ?? true) await target.flush();
   options.onProgress?.(total, total);
 }

@@ -79,29 +79,34 @@ async function readPadded(device: BlockDevice | undefined, dest: Uint8Array, off
   if (inside < dest.length) dest.fill(0, inside);
 }
 
-/** [offset, offset+length) of `device` split into runs that read as zeros for sure, and the rest. */
-async function* zeroRuns(device: BlockDevice | undefined, offset: number, length: number): AsyncGenerator<{ offset: number; length: number; zero: boolean }> {
+/**
+ * [offset, offset+length) of `device` split into runs that read as zeros for sure or not, and that a layer at
+ * depth `sharedFrom` or deeper answers for (`shared`) or not. Past the device's end: zeros, not shared.
+ */
+async function* newChainRuns(
+  device: BlockDevice | undefined,
+  offset: number,
+  length: number,
+  sharedFrom: number | undefined,
+): AsyncGenerator<{ offset: number; length: number; zero: boolean; shared: boolean }> {
   const end = offset + length;
   const inside = device === undefined ? 0 : Math.max(0, Math.min(end, device.size) - offset);
-  let pending: { offset: number; length: number; zero: boolean } | undefined;
+  let pending: { offset: number; length: number; zero: boolean; shared: boolean } | undefined;
+  const push = function* (run: { offset: number; length: number; zero: boolean; shared: boolean }) {
+    if (pending !== undefined && pending.zero === run.zero && pending.shared === run.shared) {
+      pending.length += run.length;
+      return;
+    }
+    if (pending !== undefined) yield pending;
+    pending = run;
+  };
   if (inside > 0) {
     for await (const extent of walkExtents(device!, offset, inside)) {
       const zero = extent.kind !== 'data' || extent.zeroData === true;
-      if (pending !== undefined && pending.zero === zero) {
-        pending.length += extent.length;
-        continue;
-      }
-      if (pending !== undefined) yield pending;
-      pending = { offset: extent.offset, length: extent.length, zero };
+      yield* push({ offset: extent.offset, length: extent.length, zero, shared: sharedFrom !== undefined && extent.depth >= sharedFrom });
     }
   }
-  if (inside < length) {
-    if (pending !== undefined && pending.zero) pending.length += length - inside;
-    else {
-      if (pending !== undefined) yield pending;
-      pending = { offset: offset + inside, length: length - inside, zero: true };
-    }
-  }
+  if (inside < length) yield* push({ offset: offset + inside, length: length - inside, zero: true, shared: false });
   if (pending !== undefined) yield pending;
 }
 
@@ -109,10 +114,12 @@ export interface RebaseOntoOptions {
   /** The overlay's cluster size: the unit written when any byte of it differs. */
   clusterSize: number;
   /**
-   * When the new backing device is layer `sharedDepth` of the overlay's current chain (same file, same format),
-   * ranges that layer or a deeper one answers for read the same in both chains and are skipped.
+   * A file both chains contain (same file, same format): layer `old` of the overlay's current chain (1 = its
+   * backing file) is layer `new` of the new backing chain (0 = the new backing file itself). Where both chains
+   * answer from that layer or deeper, they read the same and nothing is compared: rebasing onto a deeper image,
+   * or onto a sibling sharing a base, compares only what lies above the shared part.
    */
-  sharedDepth?: number;
+  shared?: { old: number; new: number };
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -122,7 +129,7 @@ export interface RebaseOntoOptions {
  * then flushes it. The reference itself is not changed here.
  */
 export async function rebaseOnto(top: WritableBlockDevice, newBacking: BlockDevice | undefined, options: RebaseOntoOptions): Promise<RebaseResult> {
-  const { clusterSize, sharedDepth } = options;
+  const { clusterSize, shared } = options;
   const size = top.size;
   const oldBuffer = new Uint8Array(CHUNK);
   const newBuffer = new Uint8Array(CHUNK);
@@ -184,11 +191,12 @@ export async function rebaseOnto(top: WritableBlockDevice, newBacking: BlockDevi
   options.onProgress?.(0, size);
   for await (const extent of walkExtents(top)) {
     const own = extent.depth === 0 && extent.kind !== 'unallocated';
-    const shared = sharedDepth !== undefined && extent.depth >= sharedDepth;
-    if (!own && !shared) {
+    const oldShared = shared !== undefined && extent.depth >= shared.old;
+    // The new backing file itself is the shared layer: everything the old chain answers from there on matches.
+    if (!own && !(oldShared && shared!.new === 0)) {
       const oldZero = extent.kind !== 'data' || extent.zeroData === true;
-      for await (const piece of zeroRuns(newBacking, extent.offset, extent.length)) {
-        if (oldZero && piece.zero) continue;
+      for await (const piece of newChainRuns(newBacking, extent.offset, extent.length, oldShared ? shared!.new : undefined)) {
+        if ((oldZero && piece.zero) || piece.shared) continue;
         await comparePiece(piece.offset, piece.length, oldZero, piece.zero);
       }
     }
@@ -241,25 +249,33 @@ export async function rebaseImage(filename: string, options: RebaseOptions): Pro
     }
     try {
       const topIdentity = await identity(options.hostFiles, filename);
-      let sharedDepth: number | undefined;
+      let shared: { old: number; new: number } | undefined;
       if (newBacking !== undefined) {
-        for (const layer of chainLayers(newBacking)) {
-          if ((await identity(options.hostFiles, layer.filename)) === topIdentity) {
+        const newLayers = chainLayers(newBacking);
+        const newIdentities: string[] = [];
+        for (const layer of newLayers) {
+          const id = await identity(options.hostFiles, layer.filename);
+          if (id === topIdentity) {
             throw new Qcow2Error('BACKING_LOOP', `Backing file '${reference!.file}' would make the chain loop back to '${filename}'`, { file: filename });
           }
+          newIdentities.push(id);
         }
-        const newIdentity = await identity(options.hostFiles, newBacking.filename);
+        // The first layer of the new chain that the old chain also has, opened as the same format.
         const oldLayers = chainLayers(top);
-        for (let k = 1; k < oldLayers.length; k++) {
-          if (oldLayers[k]!.format === newBacking.format && (await identity(options.hostFiles, oldLayers[k]!.filename)) === newIdentity) {
-            sharedDepth = k;
-            break;
+        const oldIdentities: string[] = [];
+        for (const layer of oldLayers) oldIdentities.push(await identity(options.hostFiles, layer.filename));
+        search: for (let j = 0; j < newLayers.length; j++) {
+          for (let k = 1; k < oldLayers.length; k++) {
+            if (oldIdentities[k] === newIdentities[j] && oldLayers[k]!.format === newLayers[j]!.format) {
+              shared = { old: k, new: j };
+              break search;
+            }
           }
         }
       }
       const result = await rebaseOnto(top, newBacking, {
         clusterSize: top.image.clusterSize,
-        ...(sharedDepth === undefined ? {} : { sharedDepth }),
+        ...(shared === undefined ? {} : { shared }),
         ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
       });
       await setBackingReference(top.image, reference);

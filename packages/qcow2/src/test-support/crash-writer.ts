@@ -35,7 +35,10 @@ for (let i = 0; ; i++) {
     if (cluster + clusterSize <= device.size) {
       const data = new Uint8Array(clusterSize).fill(i & 0x0f);
       const stored = await compress(data);
-      if (stored !== undefined) await device.writeCompressed(cluster, stored);
+      // Like qemu, compressed writes only go to unallocated clusters; an allocated one is refused (no change).
+      if (stored !== undefined) await device.writeCompressed(cluster, stored).catch((error: { code?: string }) => {
+        if (error.code !== 'IO_ERROR') throw error;
+      });
     }
   }
   if (random() < 0.1) await device.flush();

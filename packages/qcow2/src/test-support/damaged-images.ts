@@ -9,6 +9,7 @@ import { corpusDir, qemuImg, qemuIo, type QemuCheckResult } from '../../../../fi
 import type { CheckReport } from '../engine/check.js';
 import { bitmapsExtensionOf } from '../format/header-extensions.js';
 import { decodeHeader, type Qcow2Header } from '../format/header.js';
+import { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from '../format/snapshot-table.js';
 
 /** A qcow2 file's bytes with just enough structure knowledge to corrupt it precisely. */
 export class ImageBytes {
@@ -110,6 +111,10 @@ export interface BrokenCase {
   io?: boolean;
   /** qemu finds nothing wrong (the damage is one qemu tolerates). */
   clean?: boolean;
+  /** Qcow2Image.open refuses the image; qemu-img check (and checkStorage) still examine it. */
+  unopenable?: boolean;
+  /** A repair cannot be safe: repairStorage stops with a Qcow2Error before writing anything. */
+  repairRefused?: boolean;
 }
 
 function patch(path: string, change: (image: ImageBytes) => void): void {
@@ -233,6 +238,32 @@ export const brokenCases: BrokenCase[] = [
       i.setU64(i.header.l1TableOffset, i.u64(i.header.l1TableOffset) | COPIED);
     }),
   },
+  {
+    name: 'snapshots: v3 entry without extra data (incomplete)',
+    make: fromCorpus('snapshots.qcow2', (i) => {
+      // Rewrite the table in place with the first entry's extra data dropped (the table only shrinks).
+      const entries: SnapshotEntry[] = [];
+      let at = 0;
+      const table = i.bytes.subarray(i.header.snapshotsOffset);
+      for (let n = 0; n < i.header.nbSnapshots; n++) {
+        const decoded = decodeSnapshotEntry(table, at);
+        if ('needed' in decoded) throw new Error('snapshot table past the end of the file');
+        entries.push(decoded.entry);
+        at = decoded.next;
+      }
+      entries[0] = { ...entries[0]!, extraData: new Uint8Array(0) };
+      const bytes = encodeSnapshotTable(entries);
+      i.bytes.fill(0, i.header.snapshotsOffset, i.header.snapshotsOffset + at);
+      i.bytes.set(bytes, i.header.snapshotsOffset);
+    }),
+  },
+  {
+    name: 'snapshots: table does not fit in the file',
+    unopenable: true,
+    repairRefused: true,
+    // 400 snapshots announced, 3 stored: the table runs past the end of the file, which reads as zeros.
+    make: fromCorpus('snapshots.qcow2', (i) => i.view.setUint32(60, 400)),
+  },
   { name: 'v2 image with a snapshot: leak', make: fromCorpus('v2.qcow2', (i) => i.setRefcount(i.hostCluster(0), i.refcount(i.hostCluster(0)) + 1n)) },
   // Compressed clusters: each host cluster the sectors touch counts once per reference.
   { name: 'compressed: entry dropped from a shared host cluster', make: fromCorpus('zlib-c512.qcow2', (i) => i.setU64(i.l2EntryAt(1024), 0n)) },
@@ -334,6 +365,11 @@ export const brokenCases: BrokenCase[] = [
     name: '512-byte clusters, 64-bit refcounts: refcount cleared',
     io: true,
     make: fresh('r64zero', 'cluster_size=512,refcount_bits=64', '1M', ['write -P 7 0 16k'], (i) => i.setRefcount(i.hostCluster(1024), 0n)),
+  },
+  {
+    name: '512-byte clusters, 1-bit refcounts: compressed cluster referenced twice (refcount overflow)',
+    io: true,
+    make: fresh('r1overflow', 'cluster_size=512,refcount_bits=1', '1M', ['write -c -P 5 0 512'], (i) => i.setU64(i.l2EntryAt(512), i.u64(i.l2EntryAt(0)))),
   },
   // Left dirty by a crash under lazy refcounts.
   { name: 'dirty image', make: fromCorpus('dirty.qcow2', () => {}) },

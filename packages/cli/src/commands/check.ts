@@ -1,0 +1,198 @@
+import type { Command } from 'commander';
+import { checkStorage, Qcow2Device, Qcow2Error, repairStorage, type CheckMessage, type CheckReport, type RepairMode } from '@qcowkit/qcow2';
+import { FileStorage, openImageFile } from '@qcowkit/qcow2/node';
+import { CommandError } from '../output/errors.js';
+import { qemuJson } from '../output/json.js';
+import { parseOutputFormat, type OutputFormat } from '../output/output-format.js';
+import { parseFormatFlag } from './open.js';
+
+interface CheckFlags {
+  format?: string;
+  output: string;
+  repair?: string;
+  quiet?: boolean;
+  forceShare?: boolean;
+}
+
+/** C's "%0.2f" as glibc prints it: the exact binary value, halfway cases to even (toFixed rounds them up). */
+export function percent2(value: number): string {
+  const eighths = value * 8;
+  if (Number.isInteger(eighths) && eighths % 2 === 1) {
+    // Exactly halfway between two hundredths (value = j/8, j odd).
+    const lower = Math.floor(value * 100);
+    const hundredths = lower % 2 === 0 ? lower : lower + 1;
+    return `${Math.floor(hundredths / 100)}.${String(hundredths % 100).padStart(2, '0')}`;
+  }
+  return value.toFixed(2);
+}
+
+/** qemu-img's ImageCheck object; optional members only when non-zero, as qemu fills them. */
+interface ImageCheckJson {
+  filename: string;
+  format: string;
+  'check-errors': number;
+  'image-end-offset'?: number;
+  corruptions?: number;
+  leaks?: number;
+  'corruptions-fixed'?: number;
+  'leaks-fixed'?: number;
+  'total-clusters'?: number;
+  'allocated-clusters'?: number;
+  'fragmented-clusters'?: number;
+  'compressed-clusters'?: number;
+}
+
+/**
+ * The members in the order qemu-img prints them: its JSON writer walks a QDict, whose order is that of the
+ * key hashes (tdb_hash modulo 512), not the order of the schema.
+ */
+const JSON_ORDER: Array<keyof ImageCheckJson> = [
+  'image-end-offset',
+  'compressed-clusters',
+  'total-clusters',
+  'corruptions',
+  'corruptions-fixed',
+  'check-errors',
+  'leaks',
+  'leaks-fixed',
+  'allocated-clusters',
+  'filename',
+  'format',
+  'fragmented-clusters',
+];
+
+export function checkJson(report: CheckReport, filename: string): string {
+  const nonZero = (n: number): number | undefined => (n === 0 ? undefined : n);
+  const members: ImageCheckJson = {
+    filename,
+    format: report.format,
+    'check-errors': report.checkErrors,
+    'image-end-offset': nonZero(report.imageEndOffset),
+    corruptions: nonZero(report.corruptions),
+    leaks: nonZero(report.leaks),
+    'corruptions-fixed': nonZero(report.corruptionsFixed),
+    'leaks-fixed': nonZero(report.leaksFixed),
+    'total-clusters': nonZero(report.totalClusters),
+    'allocated-clusters': nonZero(report.allocatedClusters),
+    'fragmented-clusters': nonZero(report.fragmentedClusters),
+    'compressed-clusters': nonZero(report.compressedClusters),
+  };
+  const ordered: Record<string, unknown> = {};
+  for (const key of JSON_ORDER) ordered[key] = members[key];
+  return `${qemuJson(ordered)}\n`;
+}
+
+/** qemu-img's dump_human_image_check. */
+export function checkHuman(report: CheckReport): string {
+  let out = '';
+  if (report.corruptions === 0 && report.leaks === 0 && report.checkErrors === 0) {
+    out += 'No errors were found on the image.\n';
+  } else {
+    if (report.corruptions !== 0) {
+      out += `\n${report.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`;
+    }
+    if (report.leaks !== 0) {
+      out += `\n${report.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n`;
+    }
+    if (report.checkErrors !== 0) out += `\n${report.checkErrors} internal errors have occurred during the check.\n`;
+  }
+  if (report.totalClusters !== 0 && report.allocatedClusters !== 0) {
+    out +=
+      `${report.allocatedClusters}/${report.totalClusters} = ${percent2((report.allocatedClusters * 100) / report.totalClusters)}% allocated, ` +
+      `${percent2((report.fragmentedClusters * 100) / report.allocatedClusters)}% fragmented, ` +
+      `${percent2((report.compressedClusters * 100) / report.allocatedClusters)}% compressed clusters\n`;
+  }
+  if (report.imageEndOffset !== 0) out += `Image end offset: ${report.imageEndOffset}\n`;
+  return out;
+}
+
+export function parseRepairMode(value: string | undefined): RepairMode | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'leaks' || value === 'all') return value;
+  throw new CommandError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${value}`);
+}
+
+/** Exit status as qemu-img check: 1 check incomplete, 2 corruptions, 3 leaks only, 0 clean. */
+function finish(report: CheckReport, filename: string, output: OutputFormat, quiet: boolean, fixed?: CheckReport): number {
+  if (report.failure !== undefined) throw new CommandError(`Check failed: ${report.failure}`, 1);
+  const shown = fixed === undefined ? report : { ...report, leaksFixed: fixed.leaksFixed, corruptionsFixed: fixed.corruptionsFixed };
+  if (!quiet) process.stdout.write(output === 'json' ? checkJson(shown, filename) : checkHuman(shown));
+  if (report.checkErrors !== 0) throw new CommandError('Check failed', 1);
+  return report.corruptions !== 0 ? 2 : report.leaks !== 0 ? 3 : 0;
+}
+
+function printMessage(message: CheckMessage): void {
+  process.stderr.write(`${message.text}\n`);
+}
+
+/**
+ * Errors of Qcow2Image.open that qemu-img check gets past: qemu opens an image for checking without reading its
+ * snapshot table, then examines the table itself. The check reads the file on its own, so it can too.
+ */
+function checkReadsPast(error: unknown): boolean {
+  return (
+    error instanceof Qcow2Error &&
+    ['TRUNCATED', 'BAD_SNAPSHOT_TABLE', 'MISALIGNED_OFFSET', 'L1_TOO_LARGE', 'TOO_MANY_SNAPSHOTS'].includes(error.code) &&
+    /snapshot/i.test(error.message)
+  );
+}
+
+async function withFile<T>(filename: string, writable: boolean, body: (storage: FileStorage) => Promise<T>): Promise<T> {
+  const storage = await FileStorage.open(filename, { writable });
+  try {
+    return await body(storage);
+  } finally {
+    await storage.close();
+  }
+}
+
+/**
+ * qemu-img check [-f FMT] [--output human|json] [-r leaks|all] [-q] [-U] FILE. The image is opened with its
+ * backing chain and data file as qemu-img opens it (a missing one fails the check, exit 1); the check itself
+ * then reads the image file alone, and a repair writes it below the writer, so an image left dirty by a crash
+ * (which the writer refuses) can be repaired.
+ */
+export function registerCheck(program: Command): void {
+  program
+    .command('check')
+    .description('perform a consistency check on the disk image FILE')
+    .argument('<filename>')
+    .option('-f, --format <fmt>', 'image format (probed when absent)')
+    .option('--output <fmt>', 'human or json', 'human')
+    .option('-r, --repair <mode>', "repair inconsistencies: 'leaks' (leaked clusters only) or 'all'")
+    .option('-q, --quiet', 'quiet mode')
+    .option('-U, --force-share', 'open the image even if in use (always: qcowkit takes no locks)')
+    .action(async (filename: string, opts: CheckFlags) => {
+      const output = parseOutputFormat(opts.output);
+      const mode = parseRepairMode(opts.repair);
+      const format = parseFormatFlag(opts.format);
+      const quiet = opts.quiet === true;
+      try {
+        const device = await openImageFile(filename, format === undefined ? {} : { format });
+        const qcow2 = device instanceof Qcow2Device;
+        await device.close();
+        if (!qcow2) throw new CommandError('This image format does not support checks', 63);
+      } catch (error) {
+        if (!checkReadsPast(error)) throw error;
+      }
+      if (mode === undefined) {
+        const report = await withFile(filename, false, (storage) => checkStorage(storage, { onMessage: printMessage }));
+        process.exitCode = finish(report, filename, output, quiet);
+        return;
+      }
+      const { repair, recheck } = await withFile(filename, true, (storage) => repairStorage(storage, mode, { onMessage: printMessage }));
+      if (repair.failure !== undefined || recheck === undefined) {
+        process.exitCode = finish(repair, filename, output, quiet);
+        return;
+      }
+      if (output === 'human' && !quiet) {
+        process.stdout.write(
+          'The following inconsistencies were found and repaired:\n\n' +
+            `    ${repair.leaksFixed} leaked clusters\n` +
+            `    ${repair.corruptionsFixed} corruptions\n\n` +
+            'Double checking the fixed image now...\n',
+        );
+      }
+      process.exitCode = finish(recheck, filename, output, quiet, repair);
+    });
+}
