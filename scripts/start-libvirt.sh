@@ -31,8 +31,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The QEMU driver resolves its built-in default user and group (libvirt-qemu, kvm) before it reads qemu.conf,
-# and refuses to start when they do not exist; libvirt-daemon-system would create them, but it needs systemd.
+# The QEMU driver resolves its built-in default user and group (libvirt-qemu) before it reads qemu.conf, and
+# refuses to start when they do not exist ("Failed to parse user 'libvirt-qemu'"); libvirt-daemon-system would
+# create them, but it needs systemd. (kvm: the group Debian gives /dev/kvm.)
 getent group kvm >/dev/null || groupadd --system kvm
 getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
 getent passwd libvirt-qemu >/dev/null ||

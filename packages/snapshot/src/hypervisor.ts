@@ -79,6 +79,8 @@ export interface Hypervisor {
   /** The connection, for messages ('qemu:///system'). */
   readonly uri: string;
   domainInfo(domain: string): Promise<DomainInfo>;
+  /** Just the run state (cheaper than domainInfo). */
+  domainState(domain: string): Promise<DomainState>;
   /** The domain's disks from its XML: the live definition, or the persistent one with `inactive`. */
   disks(domain: string, options?: { inactive?: boolean }): Promise<DiskDefinition[]>;
   /** Names of all defined or running domains. */

@@ -4,6 +4,35 @@ import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/no
 
 export type OutputFormat = 'qcow2' | 'raw';
 
+/**
+ * Keeps count of the calls in flight on `target` (writes of the output, reads of the source), so it is closed
+ * only after the last one ended. The engine's convert loops overlap reads and writes; when one of them (or the
+ * progress callback) throws, the others are still running, and closing a file under them would turn them into
+ * unhandled rejections.
+ */
+export function trackCalls<T extends object>(target: T, methods: ReadonlyArray<keyof T>): () => Promise<void> {
+  const inflight = new Set<Promise<unknown>>();
+  for (const method of methods) {
+    const original = target[method] as unknown as (...args: unknown[]) => Promise<unknown>;
+    (target as Record<keyof T, unknown>)[method] = (...args: unknown[]): Promise<unknown> => {
+      const promise = original.apply(target, args);
+      inflight.add(promise);
+      promise.then(
+        () => inflight.delete(promise),
+        () => inflight.delete(promise),
+      );
+      return promise;
+    };
+  }
+  return async () => {
+    // A write that ends may be followed at once by the next one of the same chunk: drain until quiet.
+    while (inflight.size > 0) {
+      await Promise.allSettled([...inflight]);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  };
+}
+
 export interface WriteImageOptions {
   format: OutputFormat;
   /** Compressed clusters (zlib), qcow2 only. */
@@ -19,9 +48,11 @@ export interface WriteImageOptions {
 export async function writeImage(source: BlockDevice, output: string, options: WriteImageOptions): Promise<void> {
   if (options.format === 'raw') {
     const target = await FileStorage.open(output, { create: true });
+    const drain = trackCalls(target, ['write']);
     try {
       await convertToRaw(source, target, { ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }), flush: true });
     } finally {
+      await drain();
       await target.close();
     }
     return;
@@ -33,6 +64,7 @@ export async function writeImage(source: BlockDevice, output: string, options: W
     await storage.close();
   }
   const target = await openImageFile(output, { format: 'qcow2', writable: true, cache: 'writeback' });
+  const drain = target instanceof Qcow2Device ? trackCalls(target, ['write', 'writeCompressed']) : async () => {};
   try {
     if (!(target instanceof Qcow2Device)) throw new Error(`internal: ${output} did not open as qcow2`);
     const compress = options.compress ? clusterCompressor('zlib', target.image.clusterSize) : undefined;
@@ -41,6 +73,7 @@ export async function writeImage(source: BlockDevice, output: string, options: W
       ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
     });
   } finally {
+    await drain();
     await target.close();
   }
 }

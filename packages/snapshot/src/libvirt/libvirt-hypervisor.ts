@@ -72,6 +72,14 @@ export class LibvirtHypervisor implements Hypervisor {
     return { name: fields.get('Name') ?? domain, state, persistent: fields.get('Persistent') === 'yes', virtType: description.virtType };
   }
 
+  async domainState(domain: string): Promise<DomainState> {
+    // "running (booted)" with --reason; without it just the state.
+    const text = (await this.virsh(['domstate', `--domain=${domain}`])).trim();
+    const state = STATES[text];
+    if (state === undefined) throw new HypervisorError('BAD_OUTPUT', `virsh domstate: unknown state '${text}' for domain '${domain}'`);
+    return state;
+  }
+
   async disks(domain: string, options: { inactive?: boolean } = {}): Promise<DiskDefinition[]> {
     return (await this.description(domain, options.inactive ?? false)).disks;
   }
