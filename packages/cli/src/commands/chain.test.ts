@@ -2,19 +2,12 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hasQemuImg, qemuImg, qemuIo, requireQemuImg } from '../../../../fixtures/corpus.js';
+import { CLI_MAIN, qcowkit } from '../test-support/run-cli.js';
 
 requireQemuImg();
 
-const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
-
-function qcowkit(args: string[], cwd: string): { stdout: string; stderr: string; status: number } {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd, encoding: 'utf8' });
-  if (r.error) throw r.error;
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
-}
 
 function img(args: string[], cwd: string): void {
   const r = qemuImg(args, { cwd });
@@ -52,7 +45,7 @@ describe.runIf(hasQemuImg())('qcowkit chain', { timeout: 120_000 }, () => {
   const work = mkdtempSync(join(tmpdir(), 'qcowkit-chain-cli-'));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
   beforeAll(() => {
-    expect(existsSync(cli), `${cli} is missing: build first (npx tsc -b packages/qcow2 packages/cli)`).toBe(true);
+    expect(existsSync(CLI_MAIN), `${CLI_MAIN} is missing: build first (npx tsc -b packages/qcow2 packages/cli)`).toBe(true);
   });
 
   it('draws two branches over three levels, finds qcow2 by magic, with sizes and snapshots', () => {
@@ -200,7 +193,7 @@ describe.runIf(hasQemuImg())('qcowkit chain', { timeout: 120_000 }, () => {
     spawnSync('mkfifo', [join(dir, 'pipe')]);
     img(['create', '-q', '-f', 'qcow2', '-u', '-b', 'pipe', '-F', 'raw', 'hostile.qcow2', '1M'], dir);
     copyFileSync(join(dir, 'hostile.qcow2'), join(work, 'hostile.before'));
-    const r = spawnSync(process.execPath, [cli, 'chain', 'hostile'], { cwd: work, encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(process.execPath, [CLI_MAIN, 'chain', 'hostile'], { cwd: work, encoding: 'utf8', timeout: 20_000 });
     expect(r.status).toBe(2);
     expect(r.stdout).toContain('not a regular file');
     expect(readFileSync(join(dir, 'hostile.qcow2')).equals(readFileSync(join(work, 'hostile.before')))).toBe(true);

@@ -1,33 +1,16 @@
-import { spawnSync } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpusDir, generatedDir, hasCorpus, hasQemuImg, hasQemuIo, isCI, loadManifest, qemuImg, requireQemuImg } from '../../../../fixtures/corpus.js';
+import { corpusDir, generatedDir, hasCorpus, hasQemuImg, hasQemuIo, isCI, loadManifest,  requireQemuImg } from '../../../../fixtures/corpus.js';
 import { brokenCases } from '../../../qcow2/src/test-support/damaged-images.js';
 import { percent2 } from './check.js';
+import {  qcowkit, qemu, type Run } from '../test-support/run-cli.js';
 
 requireQemuImg();
 
-const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
-interface Run {
-  stdout: string;
-  stderr: string;
-  status: number;
-}
 
-function qcowkit(args: string[], cwd: string): Run {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (r.error) throw r.error;
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
-}
-
-function qemu(args: string[], cwd: string): Run {
-  const r = qemuImg(args, { cwd });
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status };
-}
 
 /** qemu-img's stderr with qcowkit's program name, for a line-by-line comparison. */
 function asQcowkit(stderr: string): string {

@@ -1,20 +1,12 @@
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyImage, corpusDir, findImage, hasQemuImg, qemuImg, qemuIo, requireQemuImg } from '../../../../fixtures/corpus.js';
+import { CLI_MAIN, qcowkit } from '../test-support/run-cli.js';
 
 requireQemuImg();
 
-const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
-
-function qcowkit(args: string[], cwd: string): { stdout: string; stderr: string; status: number } {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd, encoding: 'utf8' });
-  if (r.error) throw r.error;
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
-}
 
 function img(args: string[], cwd: string): string {
   const r = qemuImg(args, { cwd });
@@ -55,7 +47,7 @@ describe.runIf(hasQemuImg())('qcowkit commit against qemu-img commit', { timeout
   const work = mkdtempSync(join(tmpdir(), 'qcowkit-commit-cli-'));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
   beforeAll(() => {
-    expect(existsSync(cli), `${cli} is missing: build first (npx tsc -b packages/qcow2 packages/cli)`).toBe(true);
+    expect(existsSync(CLI_MAIN), `${CLI_MAIN} is missing: build first (npx tsc -b packages/qcow2 packages/cli)`).toBe(true);
   });
 
   /** A fresh pair of copies: ours/chain and theirs/chain, plus raw views of every layer as they were before. */

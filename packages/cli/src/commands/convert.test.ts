@@ -4,11 +4,9 @@
  * with no leaks, `qemu-img compare` as identical to the source and to qemu-img's own output, stand alone (no backing
  * file), be no more than 5% larger than qemu-img's, and come out byte-identical when converted twice.
  */
-import { spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   copyImage,
@@ -24,27 +22,12 @@ import {
   type QemuCheckResult,
   type QemuImgInfo,
 } from '../../../../fixtures/corpus.js';
+import { CLI_MAIN, qcowkit, qemu } from '../test-support/run-cli.js';
 
 requireQemuImg();
 
-const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
-interface Run {
-  stdout: string;
-  stderr: string;
-  status: number;
-}
 
-function qcowkit(args: string[], cwd: string): Run {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (r.error) throw r.error;
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
-}
-
-function qemu(args: string[], cwd: string): Run {
-  const r = qemuImg(args, { cwd });
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status };
-}
 
 /** Byte equality of two files, read in chunks (like cmp). */
 function firstDifference(a: string, b: string): number {
@@ -139,7 +122,7 @@ describe.runIf(hasQemuImg())('qcowkit convert equals qemu-img convert', { timeou
   };
 
   beforeAll(() => {
-    expect(existsSync(cli), `${cli} is missing: build first (npx tsc -b packages/qcow2 packages/cli, or npm test)`).toBe(true);
+    expect(existsSync(CLI_MAIN), `${CLI_MAIN} is missing: build first (npx tsc -b packages/qcow2 packages/cli, or npm test)`).toBe(true);
     mkdirSync(src, { recursive: true });
     mkdirSync(out, { recursive: true });
 

@@ -4,34 +4,17 @@
  * their exit status, the files they leave, `qemu-img info --output=json` of the results (all but "actual-size")
  * and, where qemu-img makes the same file, the bytes. `qemu-img check` must be clean on every image we create.
  */
-import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hasQemuImg, qemuImg, requireQemuImg, type QemuImgInfo } from '../../../../fixtures/corpus.js';
+import { CLI_MAIN, qcowkit, qemu, type Run } from '../test-support/run-cli.js';
 
 requireQemuImg();
 
-const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
-interface Run {
-  stdout: string;
-  stderr: string;
-  status: number;
-}
 
-function qcowkit(args: string[], cwd: string): Run {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (r.error) throw r.error;
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
-}
-
-function qemu(args: string[], cwd: string): Run {
-  const r = qemuImg(args, { cwd });
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status };
-}
 
 /** Lists every file under `dir`, relative, '/'-separated, sorted. */
 function listFiles(dir: string, prefix = ''): string[] {
@@ -124,7 +107,7 @@ describe.runIf(hasQemuImg())('qcowkit create equals qemu-img create', { timeout:
   const work = mkdtempSync(join(tmpdir(), 'qcowkit-create-cli-'));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
   beforeAll(() => {
-    expect(existsSync(cli), `${cli} is missing: build first (npx tsc -b packages/qcow2 packages/cli, or npm test)`).toBe(true);
+    expect(existsSync(CLI_MAIN), `${CLI_MAIN} is missing: build first (npx tsc -b packages/qcow2 packages/cli, or npm test)`).toBe(true);
   });
 
   /** Byte-identity outcome of every case, for the summary printed at the end. */

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -7,22 +6,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corpusDir, generatedDir, hasCorpus, hasQemuImg, hasQemuIo, loadManifest, qemuImg, qemuIo, requireQemuImg } from '../../../../fixtures/corpus.js';
 import { formatG, sizeToStr } from '../output/human-size.js';
 import { qemuJson } from '../output/json.js';
+import { CLI_MAIN, qcowkit, type Run } from '../test-support/run-cli.js';
 
 requireQemuImg();
 
-const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
-interface Run {
-  stdout: string;
-  stderr: string;
-  status: number;
-}
-
-function qcowkit(args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): Run {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd, env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (r.error) throw r.error;
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
-}
 
 function qemu(args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): Run {
   const r = qemuImg(args, { cwd, env });
@@ -98,7 +86,7 @@ describe.runIf(hasQemuImg())('qcowkit info equals qemu-img info', { timeout: 180
   afterAll(() => rmSync(work, { recursive: true, force: true }));
 
   beforeAll(() => {
-    expect(existsSync(cli), `${cli} is missing: build first (npx tsc -b packages/qcow2 packages/cli, or npm test)`).toBe(true);
+    expect(existsSync(CLI_MAIN), `${CLI_MAIN} is missing: build first (npx tsc -b packages/qcow2 packages/cli, or npm test)`).toBe(true);
   });
 
   const img = (args: string[], cwd = work): void => {

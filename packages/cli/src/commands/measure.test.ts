@@ -1,28 +1,15 @@
-import { spawnSync } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corpusDir, hasQemuImg, hasQemuIo, loadManifest, qemuImg, qemuIo, requireQemuImg } from '../../../../fixtures/corpus.js';
 import { formatMeasureHuman, formatMeasureJson, parseImageSize, qemuStrtosz } from './measure.js';
+import {  qcowkit, type Run } from '../test-support/run-cli.js';
 
 requireQemuImg();
 
 const withQemu = hasQemuImg() && hasQemuIo();
-const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
-interface Run {
-  stdout: string;
-  stderr: string;
-  status: number;
-}
-
-function qcowkit(args: string[], cwd: string): Run {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd, encoding: 'utf8' });
-  if (r.error) throw r.error;
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
-}
 
 /**
  * `measure ARGS` with both tools: the same exit status and stdout byte for byte; on failure, our one-line

@@ -1,28 +1,15 @@
-import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hasQemuImg, qemuImg, requireQemuImg } from '../../../../fixtures/corpus.js';
 import { parseSnapshotAction } from './snapshot.js';
+import { CLI_MAIN, qcowkit, type Run } from '../test-support/run-cli.js';
 
 requireQemuImg();
 
-const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
-interface Run {
-  stdout: string;
-  stderr: string;
-  status: number;
-}
-
-function qcowkit(args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): Run {
-  const r = spawnSync(process.execPath, [cli, ...args], { cwd, env, encoding: 'utf8' });
-  if (r.error) throw r.error;
-  return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
-}
 
 function qemu(args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env): Run {
   const r = qemuImg(args, { cwd, env });
@@ -54,7 +41,7 @@ describe.runIf(hasQemuImg())('qcowkit snapshot -l equals qemu-img snapshot -l', 
   const work = mkdtempSync(join(tmpdir(), 'qcowkit-snapshot-cli-'));
   afterAll(() => rmSync(work, { recursive: true, force: true }));
   beforeAll(() => {
-    expect(existsSync(cli), `${cli} is missing: build first (npx tsc -b packages/qcow2 packages/cli, or npm test)`).toBe(true);
+    expect(existsSync(CLI_MAIN), `${CLI_MAIN} is missing: build first (npx tsc -b packages/qcow2 packages/cli, or npm test)`).toBe(true);
   });
 
   const img = (args: string[]): void => {

@@ -21,15 +21,22 @@ export async function readAhead(
     await consume(chunk, offset);
     pool.push(buffer);
   };
-  for await (const range of ranges) {
-    const end = range.offset + range.length;
-    for (let pos = range.offset; pos < end; pos += chunkSize) {
-      const buffer = take();
-      const chunk = buffer.subarray(0, Math.min(chunkSize, end - pos));
-      const at = pos;
-      pending.push(device.read(chunk, at).then(() => ({ chunk, offset: at, buffer })));
-      if (pending.length >= depth) await drainOne();
+  try {
+    for await (const range of ranges) {
+      const end = range.offset + range.length;
+      for (let pos = range.offset; pos < end; pos += chunkSize) {
+        const buffer = take();
+        const chunk = buffer.subarray(0, Math.min(chunkSize, end - pos));
+        const at = pos;
+        pending.push(device.read(chunk, at).then(() => ({ chunk, offset: at, buffer })));
+        if (pending.length >= depth) await drainOne();
+      }
     }
+    while (pending.length > 0) await drainOne();
+  } catch (error) {
+    // Let the reads still in flight finish before the caller closes the files under them; their own failures
+    // are secondary to the first one.
+    await Promise.allSettled(pending.splice(0));
+    throw error;
   }
-  while (pending.length > 0) await drainOne();
 }
