@@ -2,34 +2,8 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { HeaderExtensionType } from './constants.js';
 import { backingFormatOf, encodeStringExtension, featureNamesOf } from './header-extensions.js';
-import { decodeHeader, encodeHeader, type Qcow2Header } from './header.js';
-
-function baseHeader(patch: Partial<Qcow2Header> = {}): Qcow2Header {
-  return {
-    version: 3,
-    backingFileOffset: 0,
-    backingFileSize: 0,
-    clusterBits: 16,
-    size: 1 << 30,
-    cryptMethod: 0,
-    l1Size: 2,
-    l1TableOffset: 0x30000,
-    refcountTableOffset: 0x10000,
-    refcountTableClusters: 1,
-    nbSnapshots: 0,
-    snapshotsOffset: 0,
-    incompatibleFeatures: 0n,
-    compatibleFeatures: 0n,
-    autoclearFeatures: 0n,
-    refcountOrder: 4,
-    headerLength: 112,
-    compressionType: 0,
-    unknownHeaderBytes: new Uint8Array(0),
-    extensions: [],
-    backingFile: undefined,
-    ...patch,
-  };
-}
+import { decodeHeader, encodeHeader } from './header.js';
+import { baseHeader } from '../test-support/minimal-image.js';
 
 function inCluster(bytes: Uint8Array, clusterBits: number): Uint8Array {
   const cluster = new Uint8Array(2 ** clusterBits);
