@@ -5,24 +5,16 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { snapshotDomain, type SnapshotOptions, type SnapshotResult } from './snapshot.js';
 import type { Region } from './test-support/images.js';
-import { libvirtStatus, TestGuest, vmTestsEnabled } from './test-support/libvirt-guest.js';
+import { TestGuest, useTestGuest, vmTestsEnabled } from './test-support/libvirt-guest.js';
 import { baseline, expectGuestIntact, expectOutputAtSnapshot } from './test-support/vm-checks.js';
 
 const guest = new TestGuest(`qcowkit-test-cold-${process.pid}`);
 
 describe.skipIf(!vmTestsEnabled())('cold snapshots with libvirt', () => {
-  beforeAll(() => {
-    if (libvirtStatus().available) guest.create();
-  });
-  // On CI without libvirt every VM test fails (a failing beforeAll would only mark them skipped).
-  beforeEach(() => {
-    const status = libvirtStatus();
-    if (!status.available) throw new Error(`CI is set and the VM tests cannot run: ${status.reason}`);
-  });
-  afterAll(() => guest.destroy());
+  useTestGuest(guest);
 
   async function run(options: Partial<SnapshotOptions>): Promise<{ result: SnapshotResult | undefined; error: unknown; written: Region[]; steps: string[] }> {
     const steps: string[] = [];

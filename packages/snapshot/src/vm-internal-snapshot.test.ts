@@ -6,11 +6,11 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Qcow2Device, type SnapshotEntry } from '@qcowkit/qcow2';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { qemuImg } from './test-support/images.js';
-import { libvirtStatus, TestGuest, virsh, vmTestsEnabled } from './test-support/libvirt-guest.js';
+import { TestGuest, useTestGuest, virsh, vmTestsEnabled } from './test-support/libvirt-guest.js';
 
 /** The test guest without its raw data disk: libvirt's internal snapshots need every disk to be qcow2. */
 class SingleDiskGuest extends TestGuest {
@@ -41,14 +41,7 @@ function rawSha(args: string[]): string {
 }
 
 describe.skipIf(!vmTestsEnabled())('internal snapshots with VM state taken by libvirt', () => {
-  beforeAll(() => {
-    if (libvirtStatus().available) guest.create();
-  });
-  beforeEach(() => {
-    const status = libvirtStatus();
-    if (!status.available) throw new Error(`CI is set and the VM tests cannot run: ${status.reason}`);
-  });
-  afterAll(() => guest.destroy());
+  useTestGuest(guest);
 
   it('keeps, frees and reloads the VM state libvirt saved', async () => {
     guest.prepare('running');

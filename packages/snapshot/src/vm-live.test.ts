@@ -5,25 +5,17 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LibvirtHypervisor } from './libvirt/libvirt-hypervisor.js';
 import { snapshotDomain, type SnapshotOptions, type SnapshotResult } from './snapshot.js';
 import type { Region } from './test-support/images.js';
-import { libvirtStatus, TestGuest, URI, vmTestsEnabled } from './test-support/libvirt-guest.js';
+import { TestGuest, useTestGuest, URI, vmTestsEnabled } from './test-support/libvirt-guest.js';
 import { baseline, expectGuestIntact, expectOutputAtSnapshot } from './test-support/vm-checks.js';
 
 const guest = new TestGuest(`qcowkit-test-live-${process.pid}`);
 
 describe.skipIf(!vmTestsEnabled())('live snapshots with libvirt', () => {
-  beforeAll(() => {
-    if (libvirtStatus().available) guest.create();
-  });
-  // On CI without libvirt every VM test fails (a failing beforeAll would only mark them skipped).
-  beforeEach(() => {
-    const status = libvirtStatus();
-    if (!status.available) throw new Error(`CI is set and the VM tests cannot run: ${status.reason}`);
-  });
-  afterAll(() => guest.destroy());
+  useTestGuest(guest);
 
   interface Run {
     result: SnapshotResult | undefined;

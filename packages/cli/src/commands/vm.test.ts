@@ -5,8 +5,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { libvirtStatus, TestGuest, vmTestsEnabled } from '../../../snapshot/src/test-support/libvirt-guest.js';
+import { describe, expect, it } from 'vitest';
+import { TestGuest, useTestGuest, vmTestsEnabled } from '../../../snapshot/src/test-support/libvirt-guest.js';
 import { baseline, expectGuestIntact, expectOutputAtSnapshot } from '../../../snapshot/src/test-support/vm-checks.js';
 
 const cli = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
@@ -61,15 +61,7 @@ describe('qcowkit vm: arguments', () => {
 const guest = new TestGuest(`qcowkit-test-cli-${process.pid}`);
 
 describe.skipIf(!vmTestsEnabled())('qcowkit vm with libvirt', () => {
-  beforeAll(() => {
-    if (libvirtStatus().available) guest.create();
-  });
-  // On CI without libvirt every VM test fails (a failing beforeAll would only mark them skipped).
-  beforeEach(() => {
-    const status = libvirtStatus();
-    if (!status.available) throw new Error(`CI is set and the VM tests cannot run: ${status.reason}`);
-  });
-  afterAll(() => guest.destroy());
+  useTestGuest(guest);
 
   it('vm disks: each disk with its chain, running (from the XML) and shut off (from the headers)', () => {
     for (const state of ['running', 'shutoff'] as const) {

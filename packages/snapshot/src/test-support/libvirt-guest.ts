@@ -12,6 +12,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isCI } from '../../../../fixtures/corpus.js';
+import { afterAll, beforeAll, beforeEach } from 'vitest';
 import { escapeXml } from '../xml/xml-reader.js';
 import { LibvirtHypervisor } from '../libvirt/libvirt-hypervisor.js';
 import { makeChain, MiB, type Region } from './images.js';
@@ -245,4 +246,20 @@ export class TestGuest {
     }
     return { result, error, written, refused };
   }
+}
+
+/**
+ * The lifecycle every VM test file shares, called inside its describe: the domain is defined once, removed
+ * afterwards whatever happens, and on CI without libvirt every test fails (a failing beforeAll would only mark
+ * them skipped).
+ */
+export function useTestGuest(guest: TestGuest): void {
+  beforeAll(() => {
+    if (libvirtStatus().available) guest.create();
+  });
+  beforeEach(() => {
+    const status = libvirtStatus();
+    if (!status.available) throw new Error(`CI is set and the VM tests cannot run: ${status.reason}`);
+  });
+  afterAll(() => guest.destroy());
 }
