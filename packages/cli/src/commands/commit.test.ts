@@ -33,9 +33,19 @@ interface Mapped {
   data: boolean;
 }
 
-/** qemu-img map's extents, without host offsets (which depend on allocation order). */
+/**
+ * qemu-img map's extents without host offsets, which depend on allocation order: qemu-img merges neighbours only
+ * when their host offsets are contiguous too, so neighbours with equal flags are merged again here.
+ */
 function map(file: string, cwd: string): Mapped[] {
-  return (JSON.parse(img(['map', '--output=json', file], cwd)) as Array<Mapped & { offset?: number }>).map(({ offset: _offset, ...rest }) => rest);
+  const merged: Mapped[] = [];
+  for (const { offset: _offset, ...extent } of JSON.parse(img(['map', '--output=json', file], cwd)) as Array<Mapped & { offset?: number }>) {
+    const last = merged[merged.length - 1];
+    const same = last !== undefined && last.start + last.length === extent.start && last.depth === extent.depth && last.present === extent.present && last.zero === extent.zero && last.data === extent.data;
+    if (same) last.length += extent.length;
+    else merged.push(extent);
+  }
+  return merged;
 }
 
 /** Copies of the corpus three-level chain (raw base, qcow2 mid, qcow2 top, relative names) in `dir/chain`. */
