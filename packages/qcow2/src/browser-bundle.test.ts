@@ -33,8 +33,8 @@ async function nodeBuiltinsImportedBy(entry: string): Promise<string[]> {
 }
 
 describe('the portable engine', () => {
-  it('bundles for the browser without any Node built-in', async () => {
-    expect(await nodeBuiltinsImportedBy('./index.ts')).toEqual([]);
+  it.each(['./index.ts', './entries/engine.ts', './entries/format.ts'])('%s bundles for the browser without any Node built-in', async (entry) => {
+    expect(await nodeBuiltinsImportedBy(entry)).toEqual([]);
   });
 
   it('(control) the Node entry point is caught importing built-ins', async () => {

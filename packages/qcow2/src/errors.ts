@@ -29,7 +29,10 @@ export type Qcow2ErrorCode =
   | 'OUT_OF_RANGE'
   | 'READ_ONLY'
   | 'IO_ERROR'
-  | 'UNKNOWN_FORMAT';
+  | 'UNKNOWN_FORMAT'
+  | 'RANGE_NOT_SUPPORTED'
+  | 'TIMEOUT'
+  | 'CODEC_UNAVAILABLE';
 
 export class Qcow2Error extends Error {
   readonly code: Qcow2ErrorCode;

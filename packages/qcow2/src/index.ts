@@ -1,56 +1,45 @@
-/** @qcowkit/qcow2: the portable engine. Nothing reachable from here imports node:* (see browser-bundle.test.ts). */
+/**
+ * @qcowkit/qcow2: qcow2 (and raw) disk images in Node and in browsers. One function per operation, each taking
+ * an {@link Image} (from {@link open} or {@link create}) or a name and a {@link Host}; errors are one class,
+ * {@link Qcow2Error}, with a stable `code`. The engine's lower layers are at `@qcowkit/qcow2/engine` and
+ * `@qcowkit/qcow2/format`; hosts at `/node`, `/browser` and `/http`.
+ *
+ * Nothing reachable from here imports node:* (see browser-bundle.test.ts).
+ *
+ * @packageDocumentation
+ */
+export { open, type OpenOptions } from './api/open.js';
+export { create, type CreateOptions } from './api/create.js';
+export { read } from './api/read.js';
+export { write } from './api/write.js';
+export { map, type MapOptions } from './api/map.js';
+export { info, type InfoOptions } from './api/info.js';
+export { check, type CheckOptions, type CheckResult } from './api/check.js';
+export { convert, type ConvertOptions } from './api/convert.js';
+export { compare, type CompareOptions } from './api/compare.js';
+export { listSnapshots } from './api/list-snapshots.js';
+export { createSnapshot, type CreateSnapshotOptions } from './api/create-snapshot.js';
+export { applySnapshot } from './api/apply-snapshot.js';
+export { deleteSnapshot } from './api/delete-snapshot.js';
+export { commit, type CommitOptions } from './api/commit.js';
+export { rebase, type RebaseOptions } from './api/rebase.js';
+export { Image } from './api/image.js';
+export type { Host } from './api/host.js';
+export { memoryHost, type MemoryHost } from './api/memory-host.js';
+export { errorCodes } from './api/error-codes.js';
 export { Qcow2Error, isQcow2Error, type Qcow2ErrorCode } from './errors.js';
 export type { Storage, StorageRegion } from './io/storage.js';
 export { MemoryStorage } from './io/memory-storage.js';
-export * from './format/constants.js';
-export { decodeHeader, encodeHeader, hasBit, type Qcow2Header } from './format/header.js';
-export * from './format/header-extensions.js';
-export * from './format/table-entries.js';
-export { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from './format/snapshot-table.js';
-export { Qcow2Image, type Qcow2ImageOptions } from './engine/qcow2-image.js';
-export type { CompressionCodecs } from './engine/compression.js';
-export { portableCodecs } from './engine/portable-codecs.js';
-export type { ImageLayout } from './engine/image-layout.js';
-export { isWritable, type BlockDevice, type WritableBlockDevice, type Extent, type ExtentKind, type ImageFormat } from './device/block-device.js';
-export { RawDevice } from './device/raw-device.js';
-export { Qcow2Device } from './device/qcow2-device.js';
 export type { HostFiles, FileReference, ReferenceGate } from './device/host-files.js';
-export { trustingGate, untrustedGate, DEFAULT_MAX_CHAIN_DEPTH } from './device/open-policy.js';
-export { openImage, probeFormat, type OpenImageOptions } from './device/open-image.js';
-export { combinePath } from './device/paths.js';
-export { walkExtents } from './ops/extent-walk.js';
-export { mapImage, mapEntryOf, type MapEntry } from './ops/map.js';
-export { compareDevices, type CompareResult, type CompareOptions } from './ops/compare.js';
-export { convertToRaw, type ConvertToRawOptions } from './ops/convert-to-raw.js';
-export { isZero } from './ops/zero-detect.js';
-export * from './format/bitmap-directory.js';
-export {
-  imageInfo,
-  backingChain,
-  snapshotInfos,
-  fullBackingFilename,
-  openImageForInfo,
-  type ImageInfo,
-  type ImageInfoOptions,
-  type SnapshotInfo,
-  type BitmapInfo,
-  type BitmapInfoFlag,
-  type Qcow2SpecificInfo,
-  type FormatSpecificInfo,
-  type OpenForInfoOptions,
-} from './ops/image-info.js';
-export { createQcow2, validateCreateOptions, type CreateQcow2Options, type Preallocation } from './engine/create-image.js';
-export { Qcow2Writer, type BelowReader } from './engine/image-writer.js';
-export { Refcounts } from './engine/refcounts.js';
-export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from './ops/convert-to-qcow2.js';
-export { measureImage, measureNewImage, qcow2FullyAllocatedSize, refcountMetadataSize, dataClusterBytes, persistentBitmapsSize,  type MeasureOptions, type MeasureResult } from './ops/measure.js';
-export { createSnapshot, applySnapshot, deleteSnapshot, recomputeCopied, type CreateSnapshotOptions } from './engine/snapshots.js';
-export { ConcatDevice } from './device/concat-device.js';
-export { setBackingReference, type BackingReference } from './engine/backing-reference.js';
-export { makeEmpty, type MakeEmptyResult } from './engine/make-empty.js';
-export { commitImage, commitPlan, commitIntoBase, emptyImageFile, findBackingDepth, chainLayers, type CommitOptions, type CommitResult, type CommitRange } from './ops/commit.js';
-export { rebaseImage, rebaseOnto, type RebaseOptions, type RebaseOntoOptions, type RebaseResult } from './ops/rebase.js';
-export { buildChainTree, type ChainTree, type ChainTreeOptions, type ChainImage, type ChainProblem, type ChainProblemCode, type ChainRole, type ChainSnapshot } from './ops/chain-tree.js';
-export { checkImage, checkStorage, type CheckReport, type CheckMessage, type CheckProblemKind, type CheckOptions } from './engine/check.js';
-export { repairImage, repairStorage, type RepairMode, type RepairReport } from './engine/repair.js';
-export { hasMetadataPreallocation } from './engine/metadata-preallocation.js';
+export type { Extent, ExtentKind, ImageFormat, BlockDevice } from './device/block-device.js';
+export type { CompressionCodecs } from './engine/compression.js';
+export type { ClusterCompressor } from './ops/convert-to-qcow2.js';
+export type { ZstdWasmSource } from './engine/portable-codecs.js';
+export type { MapEntry } from './ops/map.js';
+export type { CompareResult } from './ops/compare.js';
+export type { ImageInfo, SnapshotInfo, BitmapInfo, BitmapInfoFlag, Qcow2SpecificInfo, FormatSpecificInfo } from './ops/image-info.js';
+export type { CheckReport, CheckMessage, CheckProblemKind } from './engine/check.js';
+export type { RepairMode } from './engine/repair.js';
+export type { CommitResult } from './ops/commit.js';
+export type { RebaseResult } from './ops/rebase.js';
+export type { Preallocation } from './engine/create-image.js';

@@ -7,7 +7,7 @@
  * is stated. Backing references are checked against the chain libvirt describes. All image work is the engine's.
  */
 import { realpath } from 'node:fs/promises';
-import { Qcow2Device, combinePath, type BlockDevice, type ReferenceGate } from '@qcowkit/qcow2';
+import { Qcow2Device, combinePath, type BlockDevice, type ReferenceGate } from '@qcowkit/qcow2/engine';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { SnapshotError } from './errors.js';
 import type { DiskLayer } from './hypervisor.js';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isCI, requireQemuImg, hasQemuImg } from '../../../fixtures/corpus.js';
-import { createQcow2 } from '@qcowkit/qcow2';
+import { createQcow2 } from '@qcowkit/qcow2/engine';
 import { FileStorage } from '@qcowkit/qcow2/node';
 import { HypervisorError, SnapshotError } from './errors.js';
 import { snapshotDomain, type SnapshotOptions } from './snapshot.js';

@@ -7,7 +7,8 @@
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { Qcow2Device, type SnapshotEntry } from '@qcowkit/qcow2';
+import { Qcow2Device } from '@qcowkit/qcow2/engine';
+import type { SnapshotEntry } from '@qcowkit/qcow2/format';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { qemuImg } from './test-support/images.js';
 import { TestGuest, useTestGuest, virsh, vmTestsEnabled } from './test-support/libvirt-guest.js';

@@ -1,5 +1,5 @@
 /** Writes a (chain) device into a standalone image file with the engine: what `qcowkit convert` does. */
-import { Qcow2Device, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2';
+import { Qcow2Device, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 
 export type OutputFormat = 'qcow2' | 'raw';

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { readdir, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Qcow2Error, buildChainTree, type ChainImage, type ChainTree, type HostFiles } from '@qcowkit/qcow2';
+import { Qcow2Error, buildChainTree, type ChainImage, type ChainTree, type HostFiles } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { sizeToStr } from '../output/human-size.js';

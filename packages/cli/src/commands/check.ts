@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { checkStorage, Qcow2Device, Qcow2Error, repairStorage, type CheckMessage, type CheckReport, type RepairMode } from '@qcowkit/qcow2';
+import { checkStorage, Qcow2Device, Qcow2Error, repairStorage, type CheckMessage, type CheckReport, type RepairMode } from '@qcowkit/qcow2/engine';
 import { FileStorage, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { commitImage } from '@qcowkit/qcow2';
+import { commitImage } from '@qcowkit/qcow2/engine';
 import { nodeCodecs, nodeHostFiles } from '@qcowkit/qcow2/node';
 import { progressPrinter } from '../output/progress.js';
 import { parseFormatFlag } from './open.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { compareDevices } from '@qcowkit/qcow2';
+import { compareDevices } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
 import { progressPrinter } from '../output/progress.js';
 import { openForReading, withDevice } from './open.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { ConcatDevice, Qcow2Device, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2';
+import { ConcatDevice, Qcow2Device, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { parseImageOptions } from '../output/image-options.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Qcow2Device, Qcow2Error, combinePath, createQcow2, validateCreateOptions } from '@qcowkit/qcow2';
+import { Qcow2Device, Qcow2Error, combinePath, createQcow2, validateCreateOptions } from '@qcowkit/qcow2/engine';
 import { FileStorage, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { formattingLine, parseImageOptions } from '../output/image-options.js';

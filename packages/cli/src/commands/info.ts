@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { backingChain, imageInfo, openImageForInfo, untrustedGate } from '@qcowkit/qcow2';
+import { backingChain, imageInfo, openImageForInfo, untrustedGate } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles } from '@qcowkit/qcow2/node';
 import { formatImageInfo, formatImageInfoList } from '../output/info-human.js';
 import { qemuJson } from '../output/json.js';

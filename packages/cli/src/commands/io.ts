@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Qcow2Device, Qcow2Error, isWritable, type BlockDevice, type WritableBlockDevice } from '@qcowkit/qcow2';
+import { Qcow2Device, Qcow2Error, isWritable, type BlockDevice, type WritableBlockDevice } from '@qcowkit/qcow2/engine';
 import { clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { IoCommandError, parseIoCommand, type IoCommand } from './io-parse.js';

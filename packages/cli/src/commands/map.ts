@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { mapImage, type MapEntry } from '@qcowkit/qcow2';
+import { mapImage, type MapEntry } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
 import { openForReading, withDevice } from './open.js';
 import { BufferedOutput } from '../output/buffered-output.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Qcow2Device, measureImage, measureNewImage, type BlockDevice, type MeasureOptions, type MeasureResult } from '@qcowkit/qcow2';
+import { Qcow2Device, measureImage, measureNewImage, type BlockDevice, type MeasureOptions, type MeasureResult } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat } from '../output/output-format.js';

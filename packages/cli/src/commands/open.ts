@@ -1,4 +1,4 @@
-import { untrustedGate, type BlockDevice, type ImageFormat } from '@qcowkit/qcow2';
+import { untrustedGate, type BlockDevice, type ImageFormat } from '@qcowkit/qcow2/engine';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 

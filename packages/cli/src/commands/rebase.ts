@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { rebaseImage } from '@qcowkit/qcow2';
+import { rebaseImage } from '@qcowkit/qcow2/engine';
 import { nodeCodecs, nodeHostFiles } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { progressPrinter } from '../output/progress.js';

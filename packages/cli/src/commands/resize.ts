@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Qcow2Device, RawDevice } from '@qcowkit/qcow2';
+import { Qcow2Device, RawDevice } from '@qcowkit/qcow2/engine';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { parseSize } from '../output/sizes.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Qcow2Device, Qcow2Error, openImageForInfo, snapshotInfos, type BlockDevice } from '@qcowkit/qcow2';
+import { Qcow2Device, Qcow2Error, openImageForInfo, snapshotInfos, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { formatSnapshotList } from '../output/info-human.js';

@@ -1,4 +1,4 @@
-import { Qcow2Error } from '@qcowkit/qcow2';
+import { Qcow2Error } from '@qcowkit/qcow2/engine';
 
 /**
  * Thrown by a command for an error that has its own exit code (qemu-img compare exits 2 on errors, check 1…).

@@ -1,4 +1,4 @@
-import type { CreateQcow2Options, Preallocation } from '@qcowkit/qcow2';
+import type { CreateQcow2Options, Preallocation } from '@qcowkit/qcow2/engine';
 import { CommandError } from './errors.js';
 import { parseSize } from './sizes.js';
 

@@ -1,4 +1,4 @@
-import type { ImageInfo, SnapshotInfo } from '@qcowkit/qcow2';
+import type { ImageInfo, SnapshotInfo } from '@qcowkit/qcow2/engine';
 import { sizeToStr } from './human-size.js';
 
 /**

@@ -6,6 +6,8 @@ import type { Storage } from '../io/storage.js';
  */
 export interface HostFiles {
   open(name: string, options: { writable: boolean }): Promise<Storage>;
+  /** Creates a file (emptying one that exists) and opens it for writing; hosts that cannot, leave it out. */
+  create?(name: string): Promise<Storage>;
   /** A canonical identity for `name` (Node: its real path), used to detect backing loops through other names. */
   canonical?(name: string): Promise<string>;
 }

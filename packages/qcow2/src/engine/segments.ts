@@ -2,16 +2,17 @@
  * What one image layer (not the chain) holds for a guest range: the answer to qemu's block-status question
  * asked of one qcow2 file.
  */
-export const enum SegmentKind {
+export const SegmentKind = {
   /** Nothing here: reads through to the backing file, or zeros without one. */
-  Unallocated = 0,
+  Unallocated: 0,
   /** Reads as zeros (zero flag or zero subclusters); hostOffset >= 0 when a cluster stays preallocated. */
-  Zero = 1,
+  Zero: 1,
   /** Guest data at hostOffset in the data file (the image itself, or the external data file). */
-  Data = 2,
+  Data: 2,
   /** One compressed cluster (or the part of it in range); hostOffset is the compressed stream's byte offset. */
-  Compressed = 3,
-}
+  Compressed: 3,
+} as const;
+export type SegmentKind = (typeof SegmentKind)[keyof typeof SegmentKind];
 
 export interface Segment {
   guestOffset: number;

@@ -21,14 +21,15 @@ export const BITMAP_DIRECTORY_ENTRY_FIXED_BYTES = 24;
 export const BITMAP_TYPE_DIRTY_TRACKING = 1;
 
 /** Bits of a directory entry's flags word. */
-export const enum BitmapFlag {
+export const BitmapFlag = {
   /** The bitmap was in use (not saved cleanly): its data is inconsistent. */
-  InUse = 0,
+  InUse: 0,
   /** The bitmap tracks writes (enabled) when the image is opened. */
-  Auto = 1,
+  Auto: 1,
   /** Extra data may be ignored by readers that do not understand it. */
-  ExtraDataCompatible = 2,
-}
+  ExtraDataCompatible: 2,
+} as const;
+export type BitmapFlag = (typeof BitmapFlag)[keyof typeof BitmapFlag];
 
 /** qemu's bitmap entry constraints (BME_* in qcow2-bitmap.c). */
 export const BITMAP_MAX_TABLE_SIZE = 0x8000000;

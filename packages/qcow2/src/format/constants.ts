@@ -18,40 +18,46 @@ export const MAX_SNAPSHOT_NAME_LEN = 1024;
 export const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
 export const SUBCLUSTERS_PER_CLUSTER = 32;
 
-export const enum IncompatibleFeature {
-  Dirty = 0,
-  Corrupt = 1,
-  ExternalDataFile = 2,
-  CompressionType = 3,
-  ExtendedL2 = 4,
-}
+export const IncompatibleFeature = {
+  Dirty: 0,
+  Corrupt: 1,
+  ExternalDataFile: 2,
+  CompressionType: 3,
+  ExtendedL2: 4,
+} as const;
+export type IncompatibleFeature = (typeof IncompatibleFeature)[keyof typeof IncompatibleFeature];
 export const KNOWN_INCOMPATIBLE_MASK = 0b11111;
 
-export const enum CompatibleFeature {
-  LazyRefcounts = 0,
-}
+export const CompatibleFeature = {
+  LazyRefcounts: 0,
+} as const;
+export type CompatibleFeature = (typeof CompatibleFeature)[keyof typeof CompatibleFeature];
 
-export const enum AutoclearFeature {
-  Bitmaps = 0,
-  DataFileRaw = 1,
-}
+export const AutoclearFeature = {
+  Bitmaps: 0,
+  DataFileRaw: 1,
+} as const;
+export type AutoclearFeature = (typeof AutoclearFeature)[keyof typeof AutoclearFeature];
 
-export const enum CompressionType {
-  Zlib = 0,
-  Zstd = 1,
-}
+export const CompressionType = {
+  Zlib: 0,
+  Zstd: 1,
+} as const;
+export type CompressionType = (typeof CompressionType)[keyof typeof CompressionType];
 
-export const enum HeaderExtensionType {
-  End = 0,
-  BackingFormat = 0xe2792aca,
-  FeatureNameTable = 0x6803f857,
-  Bitmaps = 0x23852875,
-  FullDiskEncryption = 0x0537be77,
-  ExternalDataFile = 0x44415441,
-}
+export const HeaderExtensionType = {
+  End: 0,
+  BackingFormat: 0xe2792aca,
+  FeatureNameTable: 0x6803f857,
+  Bitmaps: 0x23852875,
+  FullDiskEncryption: 0x0537be77,
+  ExternalDataFile: 0x44415441,
+} as const;
+export type HeaderExtensionType = (typeof HeaderExtensionType)[keyof typeof HeaderExtensionType];
 
-export const enum CryptMethod {
-  None = 0,
-  Aes = 1,
-  Luks = 2,
-}
+export const CryptMethod = {
+  None: 0,
+  Aes: 1,
+  Luks: 2,
+} as const;
+export type CryptMethod = (typeof CryptMethod)[keyof typeof CryptMethod];

@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { realpath, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import type { BlockDevice } from '@qcowkit/qcow2';
+import type { BlockDevice } from '@qcowkit/qcow2/engine';
 import { openChain } from '../disk-chain.js';
 import { SnapshotError, isHypervisorError, messageOf } from '../errors.js';
 import type { DiskDefinition, DiskLayer, DomainInfo, DomainState, Hypervisor } from '../hypervisor.js';

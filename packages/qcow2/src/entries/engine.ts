@@ -1,0 +1,75 @@
+/**
+ * @qcowkit/qcow2/engine: the layers below the public API, for tools that need them (the qcowkit CLI does):
+ * one image's live state (Qcow2Image, Qcow2Writer, refcounts, check and repair), block devices and chains
+ * (BlockDevice, Qcow2Device, RawDevice, the open policy), and the generic operations written against
+ * BlockDevice (convert, compare, map, measure, commit, rebase, chain trees). Less stable than the main entry.
+ *
+ * @packageDocumentation
+ */
+export { Qcow2Error, isQcow2Error, type Qcow2ErrorCode } from '../errors.js';
+export { readZeroPadded, type Storage, type StorageRegion } from '../io/storage.js';
+export { MemoryStorage } from '../io/memory-storage.js';
+export { Qcow2Image, type Qcow2ImageOptions } from '../engine/qcow2-image.js';
+export { decompressCluster, zstdFrameLength, type CompressionCodecs } from '../engine/compression.js';
+export { portableCodecs, portableCodecsWith, loadZstd, type ZstdWasmSource } from '../engine/portable-codecs.js';
+export type { ImageLayout } from '../engine/image-layout.js';
+export { createQcow2, validateCreateOptions, type CreateQcow2Options, type Preallocation } from '../engine/create-image.js';
+export { Qcow2Writer, type BelowReader } from '../engine/image-writer.js';
+export { Refcounts } from '../engine/refcounts.js';
+export { recomputeCopied } from '../engine/snapshots.js';
+export { setBackingReference, type BackingReference } from '../engine/backing-reference.js';
+export { makeEmpty, type MakeEmptyResult } from '../engine/make-empty.js';
+export { checkImage, checkStorage, type CheckReport, type CheckMessage, type CheckProblemKind, type CheckOptions } from '../engine/check.js';
+export { repairImage, repairStorage, type RepairMode, type RepairReport } from '../engine/repair.js';
+export { hasMetadataPreallocation } from '../engine/metadata-preallocation.js';
+export { isWritable, type BlockDevice, type WritableBlockDevice, type Extent, type ExtentKind, type ImageFormat } from '../device/block-device.js';
+export { RawDevice } from '../device/raw-device.js';
+export { Qcow2Device } from '../device/qcow2-device.js';
+export { ConcatDevice } from '../device/concat-device.js';
+export type { HostFiles, FileReference, ReferenceGate } from '../device/host-files.js';
+export { trustingGate, untrustedGate, DEFAULT_MAX_CHAIN_DEPTH } from '../device/open-policy.js';
+export { openImage, probeFormat, type OpenImageOptions } from '../device/open-image.js';
+export { combinePath } from '../device/paths.js';
+export { walkExtents } from '../ops/extent-walk.js';
+export { mapImage, mapEntryOf, type MapEntry } from '../ops/map.js';
+export { compareDevices, type CompareResult, type CompareOptions } from '../ops/compare.js';
+export { convertToRaw, type ConvertToRawOptions } from '../ops/convert-to-raw.js';
+export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from '../ops/convert-to-qcow2.js';
+export { isZero } from '../ops/zero-detect.js';
+export {
+  imageInfo,
+  backingChain,
+  snapshotInfos,
+  fullBackingFilename,
+  openImageForInfo,
+  type ImageInfo,
+  type ImageInfoOptions,
+  type SnapshotInfo,
+  type BitmapInfo,
+  type BitmapInfoFlag,
+  type Qcow2SpecificInfo,
+  type FormatSpecificInfo,
+  type OpenForInfoOptions,
+} from '../ops/image-info.js';
+export {
+  measureImage,
+  measureNewImage,
+  qcow2FullyAllocatedSize,
+  refcountMetadataSize,
+  dataClusterBytes,
+  persistentBitmapsSize,
+  type MeasureOptions,
+  type MeasureResult,
+} from '../ops/measure.js';
+export { commitImage, commitPlan, commitIntoBase, emptyImageFile, findBackingDepth, chainLayers, type CommitOptions, type CommitResult, type CommitRange } from '../ops/commit.js';
+export { rebaseImage, rebaseOnto, type RebaseOptions, type RebaseOntoOptions, type RebaseResult } from '../ops/rebase.js';
+export {
+  buildChainTree,
+  type ChainTree,
+  type ChainTreeOptions,
+  type ChainImage,
+  type ChainProblem,
+  type ChainProblemCode,
+  type ChainRole,
+  type ChainSnapshot,
+} from '../ops/chain-tree.js';
