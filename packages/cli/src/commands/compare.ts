@@ -1,12 +1,12 @@
 import type { Command } from 'commander';
 import { compareDevices } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
-import { progressPrinter } from '../output/progress.js';
+import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
 import { openForReading, withDevice } from './open.js';
 
 /** qemu-img compare: exit 0 identical, 1 different, 2 on errors (opening, reading). */
 export function registerCompare(program: Command): void {
-  program
+  const command = program
     .command('compare')
     .description('check if two images have the same content')
     .argument('<filename1>')
@@ -14,11 +14,11 @@ export function registerCompare(program: Command): void {
     .option('-f, --format <fmt>', 'format of the first image')
     .option('-F, --second-format <fmt>', 'format of the second image')
     .option('-s, --strict', 'strict mode: sizes and allocation must match too')
-    .option('-p, --progress', 'show progress')
     .option('-q, --quiet', 'quiet mode')
     .option('-U, --force-share', 'open the images even if in use (always: qcowkit takes no locks)')
-    .option('--untrusted', 'refuse backing and data file references')
-    .action(async (filename1: string, filename2: string, opts: { format?: string; secondFormat?: string; strict?: boolean; progress?: boolean; quiet?: boolean; untrusted?: boolean }) => {
+    .option('--untrusted', 'refuse backing and data file references');
+  addProgressOptions(command).action(
+    async (filename1: string, filename2: string, opts: ProgressFlags & { format?: string; secondFormat?: string; strict?: boolean; untrusted?: boolean }) => {
       const say = (line: string): void => {
         if (!opts.quiet) process.stdout.write(`${line}\n`);
       };
@@ -33,7 +33,8 @@ export function registerCompare(program: Command): void {
       await withDevice(a, async () => {
         const b = await open(filename2, opts.secondFormat);
         await withDevice(b, async () => {
-          const progress = progressPrinter(opts.progress === true && !opts.quiet);
+          const progress = progressReporter('compare', opts);
+          progress.update(0, Math.max(a.size, b.size));
           let result;
           try {
             result = await compareDevices(a, b, { strict: opts.strict === true, onProgress: progress.update });
@@ -52,5 +53,6 @@ export function registerCompare(program: Command): void {
           process.exitCode = 1;
         });
       });
-    });
+    },
+  );
 }

@@ -1,26 +1,22 @@
 import type { Command } from 'commander';
-import { ConcatDevice, Qcow2Device, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2/engine';
+import { ConcatDevice, Qcow2Device, clearQcow2Target, clearRawTarget, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { parseImageOptions } from '../output/image-options.js';
-import { progressPrinter } from '../output/progress.js';
-import { parseSize } from '../output/sizes.js';
+import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
+import { convertCopySettings, salvaged, type ConvertCopyFlags, type ConvertCopySettings } from './convert-flags.js';
 import { openForReading, parseFormatFlag, withDevice } from './open.js';
 
-interface ConvertFlags {
+interface ConvertFlags extends ProgressFlags, ConvertCopyFlags {
   format?: string;
   outputFormat?: string;
   options?: string;
   compress?: boolean;
   snapshot?: string;
   snapshotOption?: string;
-  sparseSize?: string;
-  progress?: boolean;
-  quiet?: boolean;
   cache?: string;
   backingFile?: string;
   backingFormat?: string;
-  noCreate?: boolean;
   untrusted?: boolean;
 }
 
@@ -40,7 +36,13 @@ async function snapshotView(device: BlockDevice, selector: string, filename: str
   return device.snapshotView(snapshot);
 }
 
-async function convertIntoQcow2(source: BlockDevice, outputFilename: string, flags: ConvertFlags, onProgress: (done: number, total: number) => void): Promise<void> {
+async function convertIntoQcow2(
+  source: BlockDevice,
+  outputFilename: string,
+  flags: ConvertFlags,
+  settings: ConvertCopySettings,
+  onProgress: (done: number, total: number) => void,
+): Promise<void> {
   const options = parseImageOptions(flags.options, 'qcow2');
   if (flags.backingFile !== undefined) options.qcow2.backingFile = flags.backingFile;
   if (flags.backingFormat !== undefined) options.qcow2.backingFormat = flags.backingFormat;
@@ -55,11 +57,19 @@ async function convertIntoQcow2(source: BlockDevice, outputFilename: string, fla
   const target = await openImageFile(outputFilename, { format: 'qcow2', writable: true, cache: cacheMode(flags) });
   await withDevice(target, async () => {
     if (!(target instanceof Qcow2Device)) throw new CommandError('internal: output is not qcow2');
+    if (flags.noCreate && target.size < source.size) throw new CommandError('output file is smaller than input file');
+    if (settings.clearTarget) await clearQcow2Target(target, source.size);
     if (options.preallocation !== 'off') await target.preallocate(options.preallocation);
     const compress = flags.compress ? clusterCompressor(target.image.layout.compressionType === 1 ? 'zstd' : 'zlib', target.image.clusterSize) : undefined;
     // With -B the new image sits on that backing file: write only what differs from it.
     const backing = options.qcow2.backingFile !== undefined ? target.backing : undefined;
-    await convertToQcow2(source, target, { ...(compress === undefined ? {} : { compress }), ...(backing === undefined ? {} : { backing }), onProgress });
+    await convertToQcow2(source, target, {
+      ...(compress === undefined ? {} : { compress }),
+      ...(backing === undefined ? {} : { backing }),
+      ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }),
+      sparseSize: settings.sparseSize,
+      onProgress,
+    });
   });
 }
 
@@ -73,7 +83,7 @@ function cacheMode(flags: ConvertFlags): 'writeback' | 'unsafe' {
 }
 
 export function registerConvert(program: Command): void {
-  program
+  const command = program
     .command('convert')
     .description('convert an image (raw, qcow2, a chain, or a snapshot of one) into a standalone raw or qcow2 image')
     .argument('<filenames...>', 'source image(s), then the output file')
@@ -87,47 +97,58 @@ export function registerConvert(program: Command): void {
     .option('-s, --snapshot <id_or_name>', 'convert the disk as it was at this internal snapshot')
     .option('-l, --snapshot-option <snapshot.name=NAME>', 'convert the disk as it was at this internal snapshot')
     .option('-S, --sparse-size <size>', 'minimum zero run left as a hole (default 4k; 0 writes everything)', '4k')
-    .option('-p, --progress', 'show progress')
+    .option('--target-is-zero', 'with -n: the existing output reads as zeros, so zeros need not be written')
+    .option('-r, --rate-limit <rate>', 'write at most RATE bytes per second (k, M, G suffixes)')
+    .option('--salvage', 'read unreadable parts of the source as zeros, with a warning for each sector, and go on')
     .option('-q, --quiet', 'quiet mode')
     .option('-t, --cache <mode>', "output cache mode: 'unsafe' (default, as qemu-img convert: no fsync) or writeback/writethrough/none/directsync (fsync at the end)", 'unsafe')
     .option('-T, --source-cache <mode>', 'source cache mode (accepted for compatibility; reads are always through the page cache)')
     .option('-U, --force-share', 'open the source even if in use (always: qcowkit takes no locks)')
-    .option('--untrusted', 'refuse backing and data file references of the source')
-    .action(async (filenames: string[], flags: ConvertFlags & { create?: boolean }) => {
-      if (filenames.length < 2) throw new CommandError('Expecting one image file name and an output file name');
-      const outputFilename = filenames[filenames.length - 1]!;
-      const sources = filenames.slice(0, -1);
-      const filename = sources[0]!;
-      flags.noCreate = flags.create === false;
-      const outputFormat = parseFormatFlag(flags.outputFormat);
-      if (outputFormat === undefined) throw new CommandError('-O is required');
-      if (flags.compress && outputFormat !== 'qcow2') throw new CommandError("Compression not supported for this file format");
-      const sparseSize = parseSize(flags.sparseSize ?? '4k');
-      if (flags.backingFile !== undefined && outputFormat !== 'qcow2') throw new CommandError('-B needs qcow2 output');
-      const opened: BlockDevice[] = [];
-      try {
-        for (const name of sources) opened.push(await openForReading(name, flags));
-      } catch (error) {
-        for (const device of opened) await device.close();
-        throw error;
-      }
-      const source = opened.length === 1 ? opened[0]! : new ConcatDevice(opened);
-      await withDevice(source, async () => {
-        const selector = snapshotSelector(flags);
-        const view = selector === undefined ? source : await snapshotView(source, selector, filename);
-        const progress = progressPrinter(flags.progress === true && !flags.quiet);
-        if (outputFormat === 'qcow2') {
-          await convertIntoQcow2(view, outputFilename, flags, progress.update);
-        } else {
-          if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');
-          const target = await FileStorage.open(outputFilename, flags.noCreate ? { writable: true } : { create: true });
-          try {
-            await convertToRaw(view, target, { sparseSize, onProgress: progress.update, flush: cacheMode(flags) === 'writeback' });
-          } finally {
-            await target.close();
-          }
+    .option('--untrusted', 'refuse backing and data file references of the source');
+  addProgressOptions(command).action(async (filenames: string[], flags: ConvertFlags & { create?: boolean }) => {
+    if (filenames.length < 2) throw new CommandError('Expecting one image file name and an output file name');
+    const outputFilename = filenames[filenames.length - 1]!;
+    const sources = filenames.slice(0, -1);
+    const filename = sources[0]!;
+    flags.noCreate = flags.create === false;
+    const outputFormat = parseFormatFlag(flags.outputFormat);
+    if (outputFormat === undefined) throw new CommandError('-O is required');
+    if (flags.compress && outputFormat !== 'qcow2') throw new CommandError("Compression not supported for this file format");
+    const settings = convertCopySettings(flags);
+    if (flags.backingFile !== undefined && outputFormat !== 'qcow2') throw new CommandError('-B needs qcow2 output');
+    const opened: BlockDevice[] = [];
+    try {
+      for (const name of sources) opened.push(await openForReading(name, flags));
+    } catch (error) {
+      for (const device of opened) await device.close();
+      throw error;
+    }
+    const source = opened.length === 1 ? opened[0]! : new ConcatDevice(opened);
+    await withDevice(source, async () => {
+      const selector = snapshotSelector(flags);
+      const view = salvaged(selector === undefined ? source : await snapshotView(source, selector, filename), flags);
+      const progress = progressReporter('convert', flags);
+      progress.update(0, view.size);
+      if (outputFormat === 'qcow2') {
+        await convertIntoQcow2(view, outputFilename, flags, settings, progress.update);
+      } else {
+        if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');
+        const target = await FileStorage.open(outputFilename, flags.noCreate ? { writable: true } : { create: true });
+        try {
+          if (flags.noCreate && (await target.size()) < view.size) throw new CommandError('output file is smaller than input file');
+          if (settings.clearTarget) await clearRawTarget(target, view.size);
+          await convertToRaw(view, target, {
+            sparseSize: settings.sparseSize,
+            onProgress: progress.update,
+            flush: cacheMode(flags) === 'writeback',
+            keepTarget: flags.noCreate === true,
+            ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }),
+          });
+        } finally {
+          await target.close();
         }
-        progress.finish();
-      });
+      }
+      progress.finish();
     });
+  });
 }

@@ -5,6 +5,7 @@ import { registerCheck } from './check.js';
 import { registerCompare } from './compare.js';
 import { registerConvert } from './convert.js';
 import { registerCreate } from './create.js';
+import { registerDd } from './dd.js';
 import { registerDemo } from './demo.js';
 import { registerInfo } from './info.js';
 import { registerIo } from './io.js';
@@ -30,5 +31,6 @@ export function registerCommands(program: Command): void {
   registerChain(program);
   registerDemo(program);
   registerCheck(program);
+  registerDd(program);
   registerVm(program);
 }

@@ -2,15 +2,14 @@ import type { Command } from 'commander';
 import { rebaseImage } from '@qcowkit/qcow2/engine';
 import { nodeCodecs, nodeHostFiles } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
-import { progressPrinter } from '../output/progress.js';
+import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
 import { parseFormatFlag } from './open.js';
 
-interface RebaseFlags {
+interface RebaseFlags extends ProgressFlags {
   format?: string;
   backing?: string;
   backingFormat?: string;
   unsafe?: boolean;
-  progress?: boolean;
   quiet?: boolean;
 }
 
@@ -21,7 +20,7 @@ interface RebaseFlags {
  * 7.2 requires it; unlike qemu-img, that is checked before anything is copied.
  */
 export function registerRebase(program: Command): void {
-  program
+  const command = program
     .command('rebase')
     .description("change the backing file of FILE (safe: the guest contents stay the same; -u: only the reference)")
     .argument('<filename>')
@@ -29,27 +28,26 @@ export function registerRebase(program: Command): void {
     .option('-b, --backing <backing_file>', 'the new backing file, stored as given ("" = none)')
     .option('-F, --backing-format <fmt>', 'format of the new backing file (raw or qcow2)')
     .option('-u, --unsafe', 'only rewrite the backing file reference')
-    .option('-p, --progress', 'show progress')
     .option('-q, --quiet', 'quiet mode')
     .option('-t, --cache <mode>', 'cache mode (accepted for compatibility: FILE is flushed before its reference changes)')
     .option('-T, --source-cache <mode>', 'cache mode of the backing files (accepted for compatibility)')
-    .option('-U, --force-share', 'accepted for compatibility (qcowkit takes no locks)')
-    .action(async (filename: string, flags: RebaseFlags) => {
-      if (flags.backing === undefined && !flags.unsafe) {
-        throw new CommandError('Must specify backing file (-b) or use unsafe mode (-u)');
-      }
-      const format = parseFormatFlag(flags.format);
-      const backingFormat = parseFormatFlag(flags.backingFormat);
-      const progress = progressPrinter(flags.progress === true && !flags.quiet);
-      await rebaseImage(filename, {
-        hostFiles: nodeHostFiles,
-        codecs: nodeCodecs,
-        backing: flags.backing ?? '',
-        ...(format === undefined ? {} : { format }),
-        ...(backingFormat === undefined ? {} : { backingFormat }),
-        ...(flags.unsafe ? { unsafe: true } : {}),
-        onProgress: progress.update,
-      });
-      progress.finish();
+    .option('-U, --force-share', 'accepted for compatibility (qcowkit takes no locks)');
+  addProgressOptions(command).action(async (filename: string, flags: RebaseFlags) => {
+    if (flags.backing === undefined && !flags.unsafe) {
+      throw new CommandError('Must specify backing file (-b) or use unsafe mode (-u)');
+    }
+    const format = parseFormatFlag(flags.format);
+    const backingFormat = parseFormatFlag(flags.backingFormat);
+    const progress = progressReporter('rebase', flags);
+    await rebaseImage(filename, {
+      hostFiles: nodeHostFiles,
+      codecs: nodeCodecs,
+      backing: flags.backing ?? '',
+      ...(format === undefined ? {} : { format }),
+      ...(backingFormat === undefined ? {} : { backingFormat }),
+      ...(flags.unsafe ? { unsafe: true } : {}),
+      onProgress: progress.update,
     });
+    progress.finish();
+  });
 }

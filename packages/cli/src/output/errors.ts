@@ -1,4 +1,5 @@
 import { Qcow2Error } from '@qcowkit/qcow2/engine';
+import { progressFailed } from './progress.js';
 
 /**
  * Thrown by a command for an error that has its own exit code (qemu-img compare exits 2 on errors, check 1…).
@@ -37,6 +38,7 @@ export function reportError(error: unknown): number {
     message = String(error);
   }
   const oneLine = message.replace(/\s*\n\s*/g, ' ');
+  progressFailed(oneLine);
   process.stderr.write(`qcowkit: ${file === undefined ? '' : `${file}: `}${oneLine}\n`);
   return exitCode;
 }

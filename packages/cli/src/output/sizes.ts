@@ -18,3 +18,20 @@ export function parseSize(text: string): number {
   if (!Number.isSafeInteger(Math.round(value))) throw new CommandError(`Invalid size '${text}': too large`);
   return Math.round(value);
 }
+
+/**
+ * qemu-img's cvtnum for a named number ("rate limit", "buffer size for sparse output"…): a size as parseSize
+ * reads it, with qemu's messages for what it refuses.
+ */
+export function cvtnum(what: string, text: string): number {
+  let value: number;
+  try {
+    value = parseSize(text);
+  } catch (error) {
+    if ((error as Error).message.endsWith('too large')) throw new CommandError(`Invalid ${what} specified. Must be between 0 and 9223372036854775807.`);
+    throw new CommandError(
+      `Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`,
+    );
+  }
+  return value;
+}

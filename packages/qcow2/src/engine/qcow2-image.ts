@@ -265,7 +265,10 @@ export class Qcow2Image {
         if (!clusters.has(seg.hostOffset)) {
           const from = seg.hostOffset - start;
           const bytes = stored.subarray(from, Math.min(stored.length, from + seg.compressedSpan));
-          clusters.set(seg.hostOffset, decompressCluster(this.codecs, this.layout.compressionType, bytes, this.layout.clusterSize));
+          const cluster = decompressCluster(this.codecs, this.layout.compressionType, bytes, this.layout.clusterSize);
+          // Awaited below in order; when an earlier one fails, the later ones must not become unhandled rejections.
+          cluster.catch(() => {});
+          clusters.set(seg.hostOffset, cluster);
         }
       }
       for (let k = i; k < j; k++) {

@@ -35,6 +35,10 @@ export { mapImage, mapEntryOf, type MapEntry } from '../ops/map.js';
 export { compareDevices, type CompareResult, type CompareOptions } from '../ops/compare.js';
 export { convertToRaw, type ConvertToRawOptions } from '../ops/convert-to-raw.js';
 export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from '../ops/convert-to-qcow2.js';
+export { RateLimiter } from '../ops/rate-limiter.js';
+export { SalvagingDevice, type SalvageWarning } from '../ops/salvaging-device.js';
+export { clearQcow2Target, clearRawTarget } from '../ops/clear-target.js';
+export { ddPlan, ddCopy, type DdOptions, type DdPlan } from '../ops/dd.js';
 export { isZero } from '../ops/zero-detect.js';
 export {
   imageInfo,

@@ -1,6 +1,7 @@
 import type { BlockDevice } from '../device/block-device.js';
 import type { Qcow2Device } from '../device/qcow2-device.js';
 import { alignedDataRanges } from './aligned-ranges.js';
+import type { RateLimiter } from './rate-limiter.js';
 import { readAhead } from './read-ahead.js';
 import { firstDifference, isZero } from './zero-detect.js';
 
@@ -16,6 +17,13 @@ export interface ConvertToQcow2Options {
    */
   backing?: BlockDevice;
   onProgress?: (done: number, total: number) => void;
+  /**
+   * qemu-img's -S: zero runs at least this long are left unallocated (default 4 KiB, which means whole clusters,
+   * or whole subclusters with extended L2); longer values allocate shorter zero runs; 0 allocates every cluster.
+   */
+  sparseSize?: number;
+  /** convert -r: bytes written per second. */
+  rateLimiter?: RateLimiter;
 }
 
 const CHUNK = 4 * 1024 * 1024;
@@ -36,9 +44,18 @@ export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, o
   const clusterSize = target.image.clusterSize;
   const chunkSize = Math.max(CHUNK, clusterSize);
   const total = source.size;
-  await readAhead(source, alignedDataRanges(source, clusterSize), chunkSize, READ_DEPTH, async (chunk, pos) => {
-    if (options.compress === undefined) await writeNonZeroBlocks(target, chunk, pos, zeroGranularity(target));
-    else await writeCompressedClusters(target, chunk, pos, clusterSize, options.compress);
+  const sparse = options.sparseSize ?? 4096;
+  // -S 0 (without -c): every cluster is written, zeros included, so the whole disk is read.
+  const everything = sparse === 0 && options.compress === undefined;
+  const ranges = everything ? wholeDevice(total) : alignedDataRanges(source, clusterSize);
+  const granularity = zeroGranularity(target);
+  const blockSize = Math.ceil(Math.max(sparse, 1) / granularity) * granularity;
+  await readAhead(source, ranges, chunkSize, READ_DEPTH, async (chunk, pos) => {
+    let written = chunk.length;
+    if (everything) await target.write(chunk, pos);
+    else if (options.compress === undefined) written = await writeNonZeroBlocks(target, chunk, pos, blockSize);
+    else written = await writeCompressedClusters(target, chunk, pos, clusterSize, options.compress);
+    await options.rateLimiter?.take(written);
     options.onProgress?.(pos + chunk.length, total);
   });
   await target.flush();
@@ -54,20 +71,31 @@ function zeroGranularity(target: Qcow2Device): number {
   return extendedL2 ? Math.min(clusterSize, Math.max(4096, subclusterSize)) : clusterSize;
 }
 
-async function writeNonZeroBlocks(target: Qcow2Device, chunk: Uint8Array, offset: number, blockSize: number): Promise<void> {
+async function* wholeDevice(size: number): AsyncGenerator<{ offset: number; length: number }> {
+  if (size > 0) yield { offset: 0, length: size };
+}
+
+/** Writes the blocks of `chunk` that are not all zeros, runs of them as one write; returns the bytes written. */
+async function writeNonZeroBlocks(target: Qcow2Device, chunk: Uint8Array, offset: number, blockSize: number): Promise<number> {
   let runStart = -1;
+  let written = 0;
   for (let pos = 0; pos < chunk.length; pos += blockSize) {
     const zero = isZero(chunk.subarray(pos, pos + blockSize));
     if (!zero && runStart < 0) runStart = pos;
     if (zero && runStart >= 0) {
       await target.write(chunk.subarray(runStart, pos), offset + runStart);
+      written += pos - runStart;
       runStart = -1;
     }
   }
-  if (runStart >= 0) await target.write(chunk.subarray(runStart), offset + runStart);
+  if (runStart >= 0) {
+    await target.write(chunk.subarray(runStart), offset + runStart);
+    written += chunk.length - runStart;
+  }
+  return written;
 }
 
-async function writeCompressedClusters(target: Qcow2Device, chunk: Uint8Array, offset: number, clusterSize: number, compress: ClusterCompressor): Promise<void> {
+async function writeCompressedClusters(target: Qcow2Device, chunk: Uint8Array, offset: number, clusterSize: number, compress: ClusterCompressor): Promise<number> {
   // Compress every cluster of the chunk at once (a pooled compressor runs them in parallel), then store in order.
   const clusters: Array<{ at: number; data: Uint8Array }> = [];
   for (let pos = 0; pos < chunk.length; pos += clusterSize) {
@@ -83,6 +111,7 @@ async function writeCompressedClusters(target: Qcow2Device, chunk: Uint8Array, o
     if (stored === undefined) await target.write(data, offset + at);
     else await target.writeCompressed(offset + at, stored);
   }
+  return clusters.reduce((sum, { data }) => sum + data.length, 0);
 }
 
 /**

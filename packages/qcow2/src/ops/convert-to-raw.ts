@@ -2,6 +2,7 @@ import type { BlockDevice } from '../device/block-device.js';
 import type { Storage } from '../io/storage.js';
 import { walkExtents } from './extent-walk.js';
 import { readAhead } from './read-ahead.js';
+import type { RateLimiter } from './rate-limiter.js';
 import { isZero } from './zero-detect.js';
 
 export interface ConvertToRawOptions {
@@ -10,6 +11,10 @@ export interface ConvertToRawOptions {
   onProgress?: (done: number, total: number) => void;
   /** fsync the target at the end (qemu-img's -t writeback); default true. */
   flush?: boolean;
+  /** convert -n: the target exists and keeps its length (it must be at least the source's); nothing is truncated. */
+  keepTarget?: boolean;
+  /** convert -r: bytes written per second. */
+  rateLimiter?: RateLimiter;
 }
 
 const CHUNK = 4 * 1024 * 1024;
@@ -26,28 +31,40 @@ export async function convertToRaw(source: BlockDevice, target: Storage, options
   const total = source.size;
   // Empty first so every byte not written is a hole; skip when already empty (truncating an empty file to
   // zero still makes ext4 flush it on close).
-  if ((await target.size()) > 0) await target.truncate(0);
-  await target.truncate(total);
+  if (!options.keepTarget) {
+    if ((await target.size()) > 0) await target.truncate(0);
+    await target.truncate(total);
+  }
   const dataRanges = async function* () {
+    // -S 0: every byte is written, so the output is fully allocated (as qemu-img does).
+    if (sparse === 0) {
+      if (total > 0) yield { offset: 0, length: total };
+      return;
+    }
     for await (const extent of walkExtents(source)) {
       if (extent.kind === 'data' && extent.zeroData !== true) yield { offset: extent.offset, length: extent.length };
       else options.onProgress?.(extent.offset + extent.length, total);
     }
   };
   await readAhead(source, dataRanges(), CHUNK, READ_DEPTH, async (chunk, offset) => {
-    await writeNonZeroRuns(target, chunk, offset, sparse);
+    const written = await writeNonZeroRuns(target, chunk, offset, sparse);
+    await options.rateLimiter?.take(written);
     options.onProgress?.(offset + chunk.length, total);
   });
   if (options.flush ?? true) await target.flush();
   options.onProgress?.(total, total);
 }
 
-/** Writes `chunk` at `offset`, leaving out aligned runs of `sparse` zero bytes (they are holes already). */
-async function writeNonZeroRuns(target: Storage, chunk: Uint8Array, offset: number, sparse: number): Promise<void> {
+/**
+ * Writes `chunk` at `offset`, leaving out aligned runs of `sparse` zero bytes (they are holes already). Returns the
+ * bytes written.
+ */
+async function writeNonZeroRuns(target: Storage, chunk: Uint8Array, offset: number, sparse: number): Promise<number> {
   if (sparse === 0) {
     await target.write(chunk, offset);
-    return;
+    return chunk.length;
   }
+  let written = 0;
   let runStart = -1;
   // Blocks are aligned to guest offsets, so holes line up with file system blocks.
   let pos = 0;
@@ -58,9 +75,14 @@ async function writeNonZeroRuns(target: Storage, chunk: Uint8Array, offset: numb
     if (!zero && runStart < 0) runStart = pos;
     if (zero && runStart >= 0) {
       await target.write(chunk.subarray(runStart, pos), offset + runStart);
+      written += pos - runStart;
       runStart = -1;
     }
     pos = blockEnd;
   }
-  if (runStart >= 0) await target.write(chunk.subarray(runStart), offset + runStart);
+  if (runStart >= 0) {
+    await target.write(chunk.subarray(runStart), offset + runStart);
+    written += chunk.length - runStart;
+  }
+  return written;
 }
