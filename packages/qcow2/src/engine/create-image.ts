@@ -144,15 +144,15 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
   const layout = layoutOf(header);
   header.l1Size = Math.ceil(size / layout.l2Coverage);
 
-  // Cluster 0 header, 1 refcount table, 2 the first refcount block counting clusters 0..2.
+  // Cluster 0 header, 1 refcount table, 2 the first refcount block counting clusters 0..2. The header is written
+  // last, once everything it names is in place: a create killed before that leaves a file that is no qcow2 image
+  // (no magic), never an image that names missing structures.
   if ((await storage.size()) > 0) await storage.truncate(0);
-  const encodedHeader = encodeHeader(header);
   const table = new Uint8Array(clusterSize);
   writeU64(viewOf(table), 0, 2 * clusterSize);
   // Even the narrowest block (512-byte clusters, 64-bit refcounts) covers 64 clusters.
   const block = new Uint8Array(clusterSize);
   for (let cluster = 0; cluster < 3; cluster++) setRefcount(viewOf(block), cluster, layout.refcountBits, 1);
-  await storage.write(encodedHeader, 0);
   await storage.write(table, clusterSize);
   await storage.write(block, 2 * clusterSize);
   await storage.truncate(3 * clusterSize);

@@ -372,6 +372,20 @@ export class Refcounts {
     }
   }
 
+  /**
+   * Takes the refcount table a metadata switch (metadata-switch.ts) put in place, and forgets the blocks cached
+   * from the old one.
+   */
+  adopt(tableOffset: number, tableClusters: number, table: number[]): void {
+    if (this.hasDirtyBlocks) throw new Error('refcount table replaced under dirty refcount blocks');
+    this.table = table;
+    this.tableOffset = tableOffset;
+    this.tableClusters = tableClusters;
+    this.blocks.clear();
+    this.freeHint = 0;
+    this.runHint = 0;
+  }
+
   get hasDirtyBlocks(): boolean {
     for (const block of this.blocks.values()) if (block.dirty) return true;
     return false;

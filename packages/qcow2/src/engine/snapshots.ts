@@ -1,53 +1,73 @@
 import { Qcow2Error } from '../errors.js';
 import { MAX_SNAPSHOTS } from '../format/constants.js';
 import { encodeSnapshotTable, SNAPSHOT_EXTRA_DATA_BYTES, type SnapshotEntry } from '../format/snapshot-table.js';
-import { viewOf, writeU64 } from '../format/struct.js';
+import { viewOf } from '../format/struct.js';
 import { COMPRESSED_HI, COPIED_HI, decodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
 import { BitmapFlag, decodeBitmapDirectory, hasBitmapFlag, MAX_BITMAP_DIRECTORY_BYTES } from '../format/bitmap-directory.js';
 import type { Qcow2Writer } from './image-writer.js';
 import type { L1Table } from './mapping.js';
+import { MetadataSwitch } from './metadata-switch.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
 /**
- * Internal snapshots: one file holds the saved state and the changes since. A snapshot is a copy of the active
- * L1 table plus one more reference on every L2 table and data cluster it reaches; COPIED flags in the active
- * tables say "refcount is exactly 1, write in place", so they are cleared before a cluster becomes shared and
- * recomputed after one stops being shared.
+ * Internal snapshots: one file holds the saved state and the changes since. A snapshot is an L1 table of its
+ * own plus one more reference on every cluster it reaches; COPIED flags in the active tables say "refcount is
+ * exactly 1, write in place".
  *
- * Order, so a crash leaves at worst leaks (or COPIED flags that are merely too cautious):
- * - create: new L1 copy written and counted; COPIED cleared in the active tables; references added; the new
- *   snapshot table written and counted; the header switched to it in one write; the old table freed.
- * - delete: the table without the entry written, header switched; then references dropped, L1 copy freed,
- *   COPIED recomputed.
- * - apply: the snapshot's clusters gain a reference; the active L1 becomes the snapshot's (written in place);
- *   the old active state loses its reference; COPIED recomputed.
+ * CRASH SAFETY. Create, delete and apply change refcounts and COPIED flags together, and no order of in-place
+ * writes keeps them agreeing at every step (qemu-img check reports either disagreement as a corruption). So all
+ * three are metadata switches (metadata-switch.ts): nothing in use is written; new refcount blocks and table,
+ * new copies of the active L2 tables that change, a new active L1 and a new snapshot table go to free clusters;
+ * one header write switches to them. A kill at any point leaves the old image or the new one, both clean.
+ *
+ * - create: the active L1 table, as it is, becomes the snapshot's (with the L2 tables it points at). The active
+ *   side gets copies of those L2 tables (their data clusters now shared: COPIED clear) and a new L1 pointing at
+ *   the copies (each copy has refcount 1: COPIED set). Data clusters gain one reference.
+ * - delete: the snapshot's L1, L2 tables and data lose one reference; active L2 tables whose COPIED flags no
+ *   longer agree with the new refcounts are replaced by corrected copies, and the active L1 by a corrected copy.
+ * - apply: the old active L1, its L2 tables and data lose one reference; the new active side is copies of the
+ *   snapshot's L2 tables and a new L1, as in create; the disk takes the snapshot's size.
+ * Unlike qemu, the active side never shares L2 tables with a snapshot (a later write would copy them anyway).
  */
 
-const HEADER_SNAPSHOTS = 60; // nb_snapshots u32, then snapshots_offset u64
+const MAX_WRITE = 4 * 1024 * 1024;
 
 /**
- * Host clusters reached through an L1 table: runs of consecutive clusters (L2 tables and data clusters, one
- * reference each) and, counted separately because several streams may share a host cluster, the clusters
- * compressed streams touch (one reference per stream per cluster).
+ * What an L1 table reaches: its L2 tables (one reference each, by L1 entry), the runs of consecutive data
+ * clusters its L2 entries point at (one reference each) and, counted separately because several streams may
+ * share a host cluster, the clusters compressed streams touch (one reference per stream per cluster).
  */
 interface Reach {
+  tables: number[];
   runs: Array<[start: number, count: number]>;
   compressed: Map<number, number>;
 }
 
+/** Metadata written back and the file's real size known (the writer's data writes do not track it). */
+async function settle(image: Qcow2Image, writer: Qcow2Writer): Promise<void> {
+  await writer.writeBackMetadata();
+  image.fileSize = Math.max(image.fileSize, await image.storage.size());
+}
+
+function corruptEntry(image: Qcow2Image, what: string): Qcow2Error {
+  return new Qcow2Error('BAD_L2_ENTRY', what, { file: image.name });
+}
+
 async function reachOf(image: Qcow2Image, l1: L1Table): Promise<Reach> {
   const { clusterSize, clusterBits, l2Entries, l2EntryBytes, externalDataFile } = image.layout;
-  const runs: Array<[number, number]> = [];
-  const compressed = new Map<number, number>();
+  const fileClusters = Math.ceil(image.fileSize / clusterSize);
+  const reach: Reach = { tables: [], runs: [], compressed: new Map() };
   const add = (cluster: number): void => {
-    const last = runs[runs.length - 1];
+    if (cluster >= fileClusters) throw corruptEntry(image, `cluster at 0x${(cluster * clusterSize).toString(16)} lies past the end of the file`);
+    const last = reach.runs[reach.runs.length - 1];
     if (last !== undefined && last[0] + last[1] === cluster) last[1]++;
-    else runs.push([cluster, 1]);
+    else reach.runs.push([cluster, 1]);
   };
   for (let i = 0; i < l1.entries; i++) {
     const l2Offset = entryHostOffset(l1.view.getUint32(i * 8), l1.view.getUint32(i * 8 + 4));
     if (l2Offset === 0) continue;
-    add(l2Offset / clusterSize);
+    if (l2Offset % clusterSize !== 0) throw corruptEntry(image, `L2 table offset 0x${l2Offset.toString(16)} is not cluster aligned`);
+    reach.tables.push(l2Offset / clusterSize);
     const table = viewOf(await image.l2Table(l2Offset));
     for (let j = 0; j < l2Entries; j++) {
       const hi = table.getUint32(j * l2EntryBytes);
@@ -58,19 +78,23 @@ async function reachOf(image: Qcow2Image, l1: L1Table): Promise<Reach> {
         const start = hostOffset - (hostOffset % 512);
         const first = Math.floor(start / clusterSize);
         const last = Math.floor((start + (additionalSectors + 1) * 512 - 1) / clusterSize);
-        for (let c = first; c <= last; c++) compressed.set(c, (compressed.get(c) ?? 0) + 1);
+        if (last >= fileClusters) throw corruptEntry(image, `compressed cluster at 0x${hostOffset.toString(16)} lies past the end of the file`);
+        for (let c = first; c <= last; c++) reach.compressed.set(c, (reach.compressed.get(c) ?? 0) + 1);
         continue;
       }
       const host = entryHostOffset(hi, lo);
+      if (host % clusterSize !== 0) throw corruptEntry(image, `cluster offset 0x${host.toString(16)} is not cluster aligned`);
       if (host !== 0 && !externalDataFile) add(host / clusterSize);
     }
   }
-  return { runs, compressed };
+  return reach;
 }
 
-async function adjustReach(writer: Qcow2Writer, reach: Reach, sign: 1 | -1): Promise<void> {
-  for (const [start, count] of reach.runs) await writer.refcounts.adjust(start, count, sign);
-  for (const [cluster, count] of reach.compressed) await writer.refcounts.adjust(cluster, 1, sign * count);
+/** Moves the new refcounts of what `reach` reaches by `sign`: the L2 tables too unless `dataOnly`. */
+async function adjustReach(sw: MetadataSwitch, reach: Reach, sign: 1 | -1, dataOnly = false): Promise<void> {
+  if (!dataOnly) for (const table of reach.tables) await sw.adjust(table, 1, sign);
+  for (const [start, count] of reach.runs) await sw.adjust(start, count, sign);
+  for (const [cluster, count] of reach.compressed) await sw.adjust(cluster, 1, sign * count);
 }
 
 /** Refuses (before anything is written) a reference increase some refcount cannot hold (1-bit refcounts…). */
@@ -90,101 +114,124 @@ async function checkHeadroom(writer: Qcow2Writer, reach: Reach, image: Qcow2Imag
   }
 }
 
+function l1Clusters(image: Qcow2Image, entries: number): number {
+  return Math.ceil((entries * 8) / image.layout.clusterSize);
+}
+
+/** Writes `bytes` (whole clusters' worth, padded) into new clusters of the switch; returns their offset. */
+async function writeNew(sw: MetadataSwitch, image: Qcow2Image, bytes: Uint8Array): Promise<number> {
+  const clusters = Math.max(1, Math.ceil(bytes.length / image.layout.clusterSize));
+  const offset = await sw.allocate(clusters);
+  const padded = new Uint8Array(clusters * image.layout.clusterSize);
+  padded.set(bytes);
+  await sw.write(padded, offset);
+  return offset;
+}
+
+/**
+ * A new active L1 of `entries` entries whose L2 tables are fresh copies of the ones `source` points at, every
+ * data entry's COPIED clear (the caller gave each data cluster one more reference, so none has refcount 1) and
+ * every L1 entry's COPIED set (a copy has refcount 1). The copies are written as one run of clusters.
+ */
+async function activeCopiesOf(image: Qcow2Image, sw: MetadataSwitch, source: L1Table, entries: number): Promise<Uint8Array> {
+  const { clusterSize, l2EntryBytes } = image.layout;
+  const l1 = new Uint8Array(entries * 8);
+  const l1View = viewOf(l1);
+  const indexes: number[] = [];
+  for (let i = 0; i < Math.min(entries, source.entries); i++) {
+    if (entryHostOffset(source.view.getUint32(i * 8), source.view.getUint32(i * 8 + 4)) !== 0) indexes.push(i);
+  }
+  if (indexes.length === 0) return l1;
+  const run = await sw.allocate(indexes.length);
+  const perChunk = Math.max(1, Math.floor(MAX_WRITE / clusterSize));
+  for (let first = 0; first < indexes.length; first += perChunk) {
+    const chunkIndexes = indexes.slice(first, first + perChunk);
+    const chunk = new Uint8Array(chunkIndexes.length * clusterSize);
+    const view = viewOf(chunk);
+    for (const [k, i] of chunkIndexes.entries()) {
+      const l2Offset = entryHostOffset(source.view.getUint32(i * 8), source.view.getUint32(i * 8 + 4));
+      chunk.set(await image.l2Table(l2Offset), k * clusterSize);
+      for (let at = k * clusterSize; at < (k + 1) * clusterSize; at += l2EntryBytes) {
+        view.setUint32(at, (view.getUint32(at) & ~COPIED_HI) >>> 0);
+      }
+      const copy = run + (first + k) * clusterSize;
+      l1View.setUint32(i * 8, (COPIED_HI | Math.floor(copy / 0x100000000)) >>> 0);
+      l1View.setUint32(i * 8 + 4, copy >>> 0);
+    }
+    await sw.write(chunk, run + first * clusterSize);
+  }
+  return l1;
+}
+
+/**
+ * The active L1 with every COPIED flag agreeing with the switch's new refcounts: an L2 table with a flag to
+ * change is replaced by a corrected copy (the table loses the active reference, the copy has it; its data
+ * clusters keep their counts), and an L1 flag to change makes a new L1. Returns the L1 to switch to, and
+ * whether it differs from the current one.
+ */
+async function activeWithCopiedRecomputed(image: Qcow2Image, sw: MetadataSwitch): Promise<{ l1: Uint8Array; changed: boolean }> {
+  const { clusterSize, l2Entries, l2EntryBytes, externalDataFile } = image.layout;
+  const active = image.activeL1;
+  const l1 = active.bytes.slice();
+  const l1View = viewOf(l1);
+  let changed = false;
+  for (let i = 0; i < active.entries; i++) {
+    const hi = l1View.getUint32(i * 8);
+    const l2Offset = entryHostOffset(hi, l1View.getUint32(i * 8 + 4));
+    if (l2Offset === 0) continue;
+    const table = await image.l2Table(l2Offset);
+    const view = viewOf(table);
+    const flags: Array<[at: number, hi: number]> = [];
+    for (let j = 0; j < l2Entries; j++) {
+      const at = j * l2EntryBytes;
+      const entryHi = view.getUint32(at);
+      if ((entryHi & COMPRESSED_HI) !== 0) continue;
+      const host = entryHostOffset(entryHi, view.getUint32(at + 4));
+      if (host === 0 && !(externalDataFile && (entryHi & COPIED_HI) !== 0)) continue;
+      const copied = externalDataFile || (await sw.get(host / clusterSize)) === 1;
+      const newHi = copied ? (entryHi | COPIED_HI) >>> 0 : (entryHi & ~COPIED_HI) >>> 0;
+      if (newHi !== entryHi) flags.push([at, newHi]);
+    }
+    let target = l2Offset;
+    if (flags.length > 0) {
+      const copy = table.slice();
+      const copyView = viewOf(copy);
+      for (const [at, newHi] of flags) copyView.setUint32(at, newHi);
+      target = await writeNew(sw, image, copy);
+      await sw.free(l2Offset, 1);
+    }
+    const copied = (await sw.get(target / clusterSize)) === 1;
+    const newHi = ((copied ? COPIED_HI : 0) | Math.floor(target / 0x100000000)) >>> 0;
+    if (newHi !== hi || target !== l2Offset) {
+      l1View.setUint32(i * 8, newHi);
+      l1View.setUint32(i * 8 + 4, target >>> 0);
+      changed = true;
+    }
+  }
+  return { l1, changed };
+}
+
+/** Writes `entries` as a new snapshot table in the switch and frees the old one there. */
+async function newSnapshotTable(image: Qcow2Image, sw: MetadataSwitch, entries: SnapshotEntry[]): Promise<{ entries: SnapshotEntry[]; offset: number; tableBytes: number }> {
+  const encoded = encodeSnapshotTable(entries);
+  const offset = encoded.length > 0 ? await writeNew(sw, image, encoded) : 0;
+  const oldBytes = image.snapshotTableBytes;
+  if (image.header.snapshotsOffset !== 0 && oldBytes > 0) await sw.free(image.header.snapshotsOffset, Math.ceil(oldBytes / image.layout.clusterSize));
+  return { entries, offset, tableBytes: encoded.length };
+}
+
 /**
  * Sets COPIED on every active L1 and L2 entry whose cluster has refcount 1 and clears it elsewhere (never on
- * compressed entries). Writes only tables that change.
+ * compressed entries), as a metadata switch: corrected copies, one header write.
  */
 export async function recomputeCopied(image: Qcow2Image, writer: Qcow2Writer): Promise<void> {
-  const { clusterSize, l2Entries, l2EntryBytes, externalDataFile } = image.layout;
-  const l1 = image.activeL1;
-  for (let i = 0; i < l1.entries; i++) {
-    const hi = l1.view.getUint32(i * 8);
-    const lo = l1.view.getUint32(i * 8 + 4);
-    const l2Offset = entryHostOffset(hi, lo);
-    if (l2Offset === 0) continue;
-    const l2Copied = (await writer.refcounts.get(l2Offset / clusterSize)) === 1;
-    const table = await image.l2Table(l2Offset);
-    const view = viewOf(table);
-    let changed = false;
-    for (let j = 0; j < l2Entries; j++) {
-      const entryHi = view.getUint32(j * l2EntryBytes);
-      const entryLo = view.getUint32(j * l2EntryBytes + 4);
-      if ((entryHi & COMPRESSED_HI) !== 0) continue;
-      const host = entryHostOffset(entryHi, entryLo);
-      if (host === 0 && !(externalDataFile && (entryHi & COPIED_HI) !== 0)) continue;
-      const copied = externalDataFile || (await writer.refcounts.get(host / clusterSize)) === 1;
-      const newHi = copied ? (entryHi | COPIED_HI) >>> 0 : (entryHi & ~COPIED_HI) >>> 0;
-      if (newHi !== entryHi) {
-        view.setUint32(j * l2EntryBytes, newHi);
-        changed = true;
-      }
-    }
-    if (changed) {
-      image.l2Cache.markDirty(l2Offset);
-    }
-    const newHi = l2Copied ? (hi | COPIED_HI) >>> 0 : (hi & ~COPIED_HI) >>> 0;
-    if (newHi !== hi) {
-      l1.view.setUint32(i * 8, newHi);
-      await image.storage.write(l1.bytes.subarray(i * 8, i * 8 + 8), image.header.l1TableOffset + i * 8);
-    }
-  }
-  await writer.writeBackMetadata();
-}
-
-/** Clears COPIED on every active L1 and L2 entry (before their clusters become shared). */
-async function clearCopied(image: Qcow2Image, writer: Qcow2Writer): Promise<void> {
-  const { l2Entries, l2EntryBytes } = image.layout;
-  const l1 = image.activeL1;
-  for (let i = 0; i < l1.entries; i++) {
-    const hi = l1.view.getUint32(i * 8);
-    const l2Offset = entryHostOffset(hi, l1.view.getUint32(i * 8 + 4));
-    if (l2Offset === 0) continue;
-    const table = await image.l2Table(l2Offset);
-    const view = viewOf(table);
-    let changed = false;
-    for (let j = 0; j < l2Entries; j++) {
-      const entryHi = view.getUint32(j * l2EntryBytes);
-      if ((entryHi & COPIED_HI) !== 0) {
-        view.setUint32(j * l2EntryBytes, (entryHi & ~COPIED_HI) >>> 0);
-        changed = true;
-      }
-    }
-    if (changed) image.l2Cache.markDirty(l2Offset);
-    if ((hi & COPIED_HI) !== 0) l1.view.setUint32(i * 8, (hi & ~COPIED_HI) >>> 0);
-  }
-  // L2 tables first, then the L1 table (whole, it is small) — no pointer changes here, only flags.
-  await writer.writeBackMetadata();
-  await image.storage.write(l1.bytes, image.header.l1TableOffset);
-}
-
-/** Writes `entries` as the new snapshot table at a fresh place, switches the header, frees the old table. */
-async function writeSnapshotTable(image: Qcow2Image, writer: Qcow2Writer, entries: SnapshotEntry[]): Promise<void> {
-  const { clusterSize } = image.layout;
-  const header = image.header;
-  const encoded = encodeSnapshotTable(entries);
-  let offset = 0;
-  if (encoded.length > 0) {
-    const clusters = Math.ceil(encoded.length / clusterSize);
-    offset = await writer.refcounts.allocate(clusters);
-    await writer.refcounts.flush();
-    const padded = new Uint8Array(clusters * clusterSize);
-    padded.set(encoded);
-    await image.storage.write(padded, offset);
-    if (offset + padded.length > image.fileSize) image.fileSize = offset + padded.length;
-  }
-  const fields = new Uint8Array(12);
-  const view = viewOf(fields);
-  view.setUint32(0, entries.length);
-  writeU64(view, 4, offset);
-  await image.storage.flush();
-  await image.storage.write(fields, HEADER_SNAPSHOTS);
-  const oldOffset = header.snapshotsOffset;
-  const oldBytes = image.snapshotTableBytes;
-  header.nbSnapshots = entries.length;
-  header.snapshotsOffset = offset;
-  image.replaceSnapshots(entries, encoded.length);
-  if (oldOffset !== 0 && oldBytes > 0) await writer.refcounts.free(oldOffset, Math.ceil(oldBytes / clusterSize));
-  await writer.refcounts.flush();
+  await settle(image, writer);
+  const sw = new MetadataSwitch(image, writer.refcounts);
+  const { l1, changed } = await activeWithCopiedRecomputed(image, sw);
+  if (!changed) return;
+  const l1TableOffset = await writeNew(sw, image, l1);
+  await sw.free(image.header.l1TableOffset, l1Clusters(image, image.activeL1.entries));
+  await sw.commit({ size: image.virtualSize, l1, l1TableOffset });
 }
 
 function refuseUnsupported(image: Qcow2Image): void {
@@ -213,33 +260,31 @@ export interface CreateSnapshotOptions {
 export async function createSnapshot(image: Qcow2Image, writer: Qcow2Writer, options: CreateSnapshotOptions): Promise<SnapshotEntry> {
   refuseUnsupported(image);
   if (image.snapshots.length >= MAX_SNAPSHOTS) throw new Qcow2Error('TOO_MANY_SNAPSHOTS', 'too many snapshots', { file: image.name });
-  await writer.writeBackMetadata();
-  const { clusterSize } = image.layout;
+  await settle(image, writer);
   const active = image.activeL1;
   const reach = await reachOf(image, active);
-  const l1Clusters = Math.max(1, Math.ceil(active.bytes.length / clusterSize));
   // Refuse before writing anything: the file stays byte for byte as it was (qemu-img leaks a cluster here).
   await checkHeadroom(writer, reach, image);
 
-  const l1Offset = await writer.refcounts.allocate(l1Clusters);
-  const copy = new Uint8Array(l1Clusters * clusterSize);
-  copy.set(active.bytes);
-  // Snapshot L1 entries carry no COPIED flags.
-  const copyView = viewOf(copy);
-  for (let i = 0; i < active.entries; i++) copyView.setUint32(i * 8, (copyView.getUint32(i * 8) & ~COPIED_HI) >>> 0);
-  await writer.refcounts.flush();
-  await image.storage.write(copy, l1Offset);
-  if (l1Offset + copy.length > image.fileSize) image.fileSize = l1Offset + copy.length;
-
-  await clearCopied(image, writer);
-  await adjustReach(writer, reach, 1);
-  await writer.refcounts.flush();
+  const sw = new MetadataSwitch(image, writer.refcounts);
+  let snapshotL1Offset = image.header.l1TableOffset;
+  let l1 = active.bytes;
+  let l1TableOffset = image.header.l1TableOffset;
+  if (active.entries === 0) {
+    // Nothing to hand over: the snapshot gets an empty L1 cluster of its own, as qemu's does.
+    snapshotL1Offset = await writeNew(sw, image, new Uint8Array(0));
+  } else {
+    // The active L1 (and its L2 tables) becomes the snapshot's; the active side gets copies.
+    await adjustReach(sw, reach, 1, true);
+    l1 = await activeCopiesOf(image, sw, active, active.entries);
+    l1TableOffset = await writeNew(sw, image, l1);
+  }
 
   const now = Date.now();
   const date = options.date ?? { sec: Math.floor(now / 1000), nsec: (now % 1000) * 1_000_000 };
   const extraData = new Uint8Array(SNAPSHOT_EXTRA_DATA_BYTES);
   const entry: SnapshotEntry = {
-    l1TableOffset: l1Offset,
+    l1TableOffset: snapshotL1Offset,
     l1Size: active.entries,
     id: nextSnapshotId(image.snapshots),
     name: options.name,
@@ -253,7 +298,8 @@ export async function createSnapshot(image: Qcow2Image, writer: Qcow2Writer, opt
     icount: 0n,
     extraData,
   };
-  await writeSnapshotTable(image, writer, [...image.snapshots, entry]);
+  const snapshots = await newSnapshotTable(image, sw, [...image.snapshots, entry]);
+  await sw.commit({ size: image.virtualSize, l1, l1TableOffset, snapshots });
   return entry;
 }
 
@@ -266,19 +312,25 @@ function findForAction(image: Qcow2Image, idOrName: string, what: string): Snaps
 export async function deleteSnapshot(image: Qcow2Image, writer: Qcow2Writer, idOrName: string): Promise<SnapshotEntry> {
   refuseUnsupported(image);
   const entry = findForAction(image, idOrName, 'delete');
-  await writer.writeBackMetadata();
-  const l1 = await image.snapshotL1(entry);
-  const reach = await reachOf(image, l1);
-  await writeSnapshotTable(
+  await settle(image, writer);
+  const reach = await reachOf(image, await image.snapshotL1(entry));
+  const sw = new MetadataSwitch(image, writer.refcounts);
+  await adjustReach(sw, reach, -1);
+  if (entry.l1Size > 0) await sw.free(entry.l1TableOffset, l1Clusters(image, entry.l1Size));
+  let { l1, changed } = await activeWithCopiedRecomputed(image, sw);
+  let l1TableOffset = image.header.l1TableOffset;
+  if (changed) {
+    l1TableOffset = await writeNew(sw, image, l1);
+    await sw.free(image.header.l1TableOffset, l1Clusters(image, image.activeL1.entries));
+  } else {
+    l1 = image.activeL1.bytes;
+  }
+  const snapshots = await newSnapshotTable(
     image,
-    writer,
+    sw,
     image.snapshots.filter((s) => s !== entry),
   );
-  await adjustReach(writer, reach, -1);
-  const l1Clusters = Math.ceil((entry.l1Size * 8) / image.layout.clusterSize);
-  if (l1Clusters > 0) await writer.refcounts.free(entry.l1TableOffset, l1Clusters);
-  await writer.refcounts.flush();
-  await recomputeCopied(image, writer);
+  await sw.commit({ size: image.virtualSize, l1, l1TableOffset, snapshots });
   return entry;
 }
 
@@ -305,27 +357,21 @@ export async function applySnapshot(image: Qcow2Image, writer: Qcow2Writer, idOr
   refuseUnsupported(image);
   const entry = findForAction(image, idOrName, 'apply');
   await refuseActiveBitmaps(image);
-  await writer.writeBackMetadata();
+  await settle(image, writer);
   const snapshotL1 = await image.snapshotL1(entry);
   const gained = await reachOf(image, snapshotL1);
   await checkHeadroom(writer, gained, image);
-  const diskSize = entry.diskSize ?? image.virtualSize;
-  // The active L1 must hold the snapshot's entries: grow it (and set the size) first when needed.
-  if (entry.l1Size > image.activeL1.entries || diskSize !== image.virtualSize) await writer.resizeForSnapshot(diskSize, entry.l1Size);
   const lost = await reachOf(image, image.activeL1);
-  await adjustReach(writer, gained, 1);
-  await writer.refcounts.flush();
-  const active = image.activeL1;
-  const bytes = new Uint8Array(active.bytes.length);
-  bytes.set(snapshotL1.bytes.subarray(0, Math.min(snapshotL1.bytes.length, bytes.length)));
-  active.bytes.set(bytes);
-  await image.storage.write(active.bytes, image.header.l1TableOffset);
-  image.l2Cache.clear();
-  image.invalidateCompressedCache();
-  await adjustReach(writer, lost, -1);
-  await writer.refcounts.flush();
-  await recomputeCopied(image, writer);
+  const diskSize = entry.diskSize ?? image.virtualSize;
+  // The active L1 keeps its length (qemu never shrinks it) and holds the snapshot's entries and size.
+  const entries = Math.max(image.activeL1.entries, entry.l1Size, Math.ceil(diskSize / image.layout.l2Coverage));
+
+  const sw = new MetadataSwitch(image, writer.refcounts);
+  await adjustReach(sw, gained, 1, true);
+  await adjustReach(sw, lost, -1);
+  if (image.activeL1.entries > 0) await sw.free(image.header.l1TableOffset, l1Clusters(image, image.activeL1.entries));
+  const l1 = await activeCopiesOf(image, sw, snapshotL1, entries);
+  const l1TableOffset = entries > 0 ? await writeNew(sw, image, l1) : 0;
+  await sw.commit({ size: diskSize, l1, l1TableOffset });
   return entry;
 }
-
-

@@ -2,6 +2,7 @@ import { constants, readSync, writeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { Qcow2Error } from '../errors.js';
 import type { Storage, StorageRegion } from '../io/storage.js';
+import { beforeFileWrite } from './crash-point.js';
 import { fileDataRegions } from './sparse-regions.js';
 
 function ioError(name: string, error: unknown): Qcow2Error {
@@ -67,6 +68,7 @@ export class FileStorage implements Storage {
   }
 
   async write(buffer: Uint8Array, offset: number): Promise<void> {
+    beforeFileWrite();
     let done = 0;
     try {
       while (done < buffer.length) {
@@ -109,6 +111,7 @@ export class FileStorage implements Storage {
   }
 
   async truncate(size: number): Promise<void> {
+    beforeFileWrite();
     await this.handle.truncate(size);
   }
 
