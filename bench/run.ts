@@ -34,7 +34,7 @@ const USAGE = `usage: run.ts [BENCHMARK...] [--runs N] [--cold | --warm] [--buil
   BENCHMARK   ${BENCHMARKS.map((b) => b.name).join(', ')} (default: all)
   --runs N    timed runs per tool and case (default: convert-raw 5, map 10)
   --cold      drop the page cache before every run (needs root); default --warm
-  --build     compile qcowkit first (tsc -b packages/qcow2 packages/cli)
+  --build     build qcowkit first (npm run build: tsc -b, then the CLI bundle)
   --no-save   print the report without writing bench/results/
   --clean     delete the cached images (${imageCacheDir()}); alone, only that`;
 
@@ -103,9 +103,9 @@ function main(): void {
     if (options.names.length === 0) return;
   }
   if (options.build) {
-    log('building qcowkit: tsc -b packages/qcow2 packages/cli');
-    const tsc = spawnSync(join(repoRoot, 'node_modules/.bin/tsc'), ['-b', 'packages/qcow2', 'packages/cli'], { cwd: repoRoot, stdio: 'inherit' });
-    if (tsc.status !== 0) throw new Error('build failed');
+    log('building qcowkit: npm run build (tsc -b, then the CLI bundle)');
+    const build = spawnSync('npm', ['run', 'build'], { cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit'] });
+    if (build.status !== 0) throw new Error('build failed');
   }
   if (options.mode === 'cold') {
     const why = dropCachesUnavailable();
@@ -119,7 +119,7 @@ function main(): void {
   const selected = options.names.length === 0 ? BENCHMARKS : BENCHMARKS.filter((b) => options.names.includes(b.name));
   const workDir = join(benchTempDir(), `work-${process.pid}`);
   mkdirSync(workDir, { recursive: true });
-  const ctx: BenchContext = { runs: options.runs, mode: options.mode, repoRoot, workDir, qcowkit: ['node', 'packages/cli/dist/main.js'], log };
+  const ctx: BenchContext = { runs: options.runs, mode: options.mode, repoRoot, workDir, qcowkit: ['packages/cli/bin/qcowkit.js'], log };
   const startedAt = new Date();
   const loadStart = loadavg()[0]!;
   const results: BenchResult[] = [];

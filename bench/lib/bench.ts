@@ -10,7 +10,7 @@ export interface BenchContext {
   repoRoot: string;
   /** Scratch space for outputs (removed by run.ts afterwards). */
   workDir: string;
-  /** How to start qcowkit: ["node", "packages/cli/dist/main.js"] (relative to repoRoot). */
+  /** How to start qcowkit: the bin users run, ["packages/cli/bin/qcowkit.js"] (relative to repoRoot). */
   qcowkit: string[];
   log(line: string): void;
 }

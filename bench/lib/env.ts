@@ -42,19 +42,25 @@ export function describeEnvironment(repoRoot: string): Environment {
     hasGnuTime() ? 'peak RSS and CPU time from GNU time (/usr/bin/time -f "%M %U %S")' : 'GNU time not found: peak RSS and CPU time are n/a (apt-get install -y time)',
   ];
   const env: Environment = { lines };
-  const built = [join(repoRoot, 'packages/cli/dist/main.js'), join(repoRoot, 'packages/qcow2/dist/index.js')];
+  const bundle = join(repoRoot, 'packages/cli/dist/qcowkit.cjs');
+  const built = [join(repoRoot, 'packages/cli/dist/main.js'), join(repoRoot, 'packages/qcow2/dist/index.js'), bundle];
   const missing = built.filter((p) => !existsSync(p));
   if (missing.length > 0) {
-    env.missingBuild = `not built: ${missing.join(', ')} (run \`npx tsc -b packages/qcow2 packages/cli\` or pass --build)`;
+    env.missingBuild = `not built: ${missing.join(', ')} (run \`npm run build\` or pass --build)`;
     return env;
   }
   // tsc -b re-emits only changed files but always rewrites tsconfig.tsbuildinfo when it builds anything.
   // Only what tsconfig compiles: no tests, no test-support.
   const isSource = (path: string): boolean =>
     path.endsWith('.ts') && !path.endsWith('.test.ts') && !path.endsWith('.d.ts') && !path.includes('/test-support/');
-  for (const pkg of ['qcow2', 'cli']) {
+  for (const pkg of ['qcow2', 'snapshot', 'cli']) {
     const info = join(repoRoot, 'packages', pkg, 'tsconfig.tsbuildinfo');
     const builtAt = existsSync(info) ? statSync(info).mtimeMs : 0;
+    // The bin runs the bundle only when it is newer than every TypeScript build; else the slower dist/main.js.
+    if (builtAt > statSync(bundle).mtimeMs) {
+      env.staleBuild = `packages/cli/dist/qcowkit.cjs is older than the last tsc build of packages/${pkg}: qcowkit would start unbundled; rebuild (--build or npm run build)`;
+      break;
+    }
     const newest = newestMtime(join(repoRoot, 'packages', pkg, 'src'), isSource);
     if (newest && newest.mtimeMs > builtAt) {
       env.staleBuild = `packages/${pkg} was built before ${newest.path.slice(repoRoot.length + 1)} last changed: rebuild (--build), or the numbers describe an older engine`;

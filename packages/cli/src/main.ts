@@ -1,16 +1,15 @@
-#!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
-import { registerCommands } from './commands/index.js';
+import { registerCommandsFor } from './commands/catalog.js';
 import { reportError } from './output/errors.js';
 
 /** qcowkit: qemu-img's subcommands, flags, exit codes and JSON output, on the @qcowkit/qcow2 engine. */
-export function buildProgram(): Command {
+export async function buildProgram(commandName?: string): Promise<Command> {
   const program = new Command('qcowkit')
     .description('Inspect, convert and snapshot qcow2 disk images (qemu-img compatible)')
     .version('0.1.0')
     .showHelpAfterError()
     .exitOverride();
-  registerCommands(program);
+  await registerCommandsFor(program, commandName);
   return program;
 }
 
@@ -21,11 +20,12 @@ process.stdout.on('error', (error: NodeJS.ErrnoException) => {
 });
 
 async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
   // qemu-img resize takes "-SIZE" to shrink; keep it from being read as an option.
   const last = argv[argv.length - 1];
   if (argv[2] === 'resize' && last !== undefined && /^-\d/.test(last) && !argv.includes('--')) argv = [...argv.slice(0, -1), '--', last];
   try {
+    // The command is always the first argument (qemu-img style): only that one is loaded.
+    const program = await buildProgram(argv[2]);
     await program.parseAsync(argv);
     return process.exitCode === undefined ? 0 : Number(process.exitCode);
   } catch (error) {

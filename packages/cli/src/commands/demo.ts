@@ -6,7 +6,7 @@ import { isWritable } from '@qcowkit/qcow2/engine';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { sizeToStr } from '../output/human-size.js';
-import { registerCommands } from './index.js';
+import { registerCommandsFor } from './catalog.js';
 
 /**
  * qcowkit demo: the main job end to end, for the README. Makes a small raw disk with recognisable contents,
@@ -76,7 +76,7 @@ function say(text: string): void {
 async function step(args: string[]): Promise<void> {
   say(`\n$ qcowkit ${args.map(shellWord).join(' ')}`);
   const program = new Command('qcowkit').exitOverride();
-  registerCommands(program);
+  await registerCommandsFor(program, args[0]);
   const before = process.exitCode;
   process.exitCode = undefined;
   try {

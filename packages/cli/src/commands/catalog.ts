@@ -1,0 +1,38 @@
+import type { Command } from 'commander';
+
+type Register = (program: Command) => void;
+
+/**
+ * Every command, in the order `--help` lists them, each behind a dynamic import: a run loads only the command
+ * it names (and what that command imports), so `qcowkit info` does not pay for convert, check or the VM flows.
+ * Start-up is most of the time of a metadata command (issue 10).
+ */
+export const COMMAND_LOADERS: ReadonlyArray<readonly [name: string, load: () => Promise<Register>]> = [
+  ['create', async () => (await import('./create.js')).registerCreate],
+  ['info', async () => (await import('./info.js')).registerInfo],
+  ['map', async () => (await import('./map.js')).registerMap],
+  ['compare', async () => (await import('./compare.js')).registerCompare],
+  ['convert', async () => (await import('./convert.js')).registerConvert],
+  ['resize', async () => (await import('./resize.js')).registerResize],
+  ['snapshot', async () => (await import('./snapshot.js')).registerSnapshot],
+  ['io', async () => (await import('./io.js')).registerIo],
+  ['measure', async () => (await import('./measure.js')).registerMeasure],
+  ['commit', async () => (await import('./commit.js')).registerCommit],
+  ['rebase', async () => (await import('./rebase.js')).registerRebase],
+  ['chain', async () => (await import('./chain.js')).registerChain],
+  ['demo', async () => (await import('./demo.js')).registerDemo],
+  ['check', async () => (await import('./check.js')).registerCheck],
+  ['dd', async () => (await import('./dd.js')).registerDd],
+  ['vm', async () => (await import('./vm.js')).registerVm],
+];
+
+/**
+ * Registers the command `argv[2]` names, or all of them when it names none (help, --version, a typo: commander
+ * then lists or suggests from the full set).
+ */
+export async function registerCommandsFor(program: Command, commandName: string | undefined): Promise<void> {
+  const one = COMMAND_LOADERS.find(([name]) => name === commandName);
+  const selected = one === undefined ? COMMAND_LOADERS : [one];
+  const registers = await Promise.all(selected.map(([, load]) => load()));
+  for (const register of registers) register(program);
+}
