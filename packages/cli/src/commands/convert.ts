@@ -5,6 +5,7 @@ import { CommandError } from '../output/errors.js';
 import { parseImageOptions } from '../output/image-options.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
 import { convertCopySettings, salvaged, type ConvertCopyFlags, type ConvertCopySettings } from './convert-flags.js';
+import { PIPE, checkPipeOutput, convertToStdout, spoolStandardInput } from './convert-pipe.js';
 import { openForReading, parseFormatFlag, withDevice } from './open.js';
 
 interface ConvertFlags extends ProgressFlags, ConvertCopyFlags {
@@ -116,9 +117,12 @@ export function registerConvert(program: Command): void {
     if (flags.compress && outputFormat !== 'qcow2') throw new CommandError("Compression not supported for this file format");
     const settings = convertCopySettings(flags);
     if (flags.backingFile !== undefined && outputFormat !== 'qcow2') throw new CommandError('-B needs qcow2 output');
+    const toStdout = outputFilename === PIPE;
+    if (toStdout) checkPipeOutput(flags, outputFormat === 'qcow2' ? parseImageOptions(flags.options, 'qcow2') : undefined);
+    if (sources.includes(PIPE) && sources.length > 1) throw new CommandError('standard input (-) can only be the one source');
     const opened: BlockDevice[] = [];
     try {
-      for (const name of sources) opened.push(await openForReading(name, flags));
+      for (const name of sources) opened.push(name === PIPE ? await spoolStandardInput(flags.format) : await openForReading(name, flags));
     } catch (error) {
       for (const device of opened) await device.close();
       throw error;
@@ -127,9 +131,13 @@ export function registerConvert(program: Command): void {
     await withDevice(source, async () => {
       const selector = snapshotSelector(flags);
       const view = salvaged(selector === undefined ? source : await snapshotView(source, selector, filename), flags);
-      const progress = progressReporter('convert', flags);
+      const progress = progressReporter('convert', flags, toStdout);
       progress.update(0, view.size);
-      if (outputFormat === 'qcow2') {
+      if (toStdout) {
+        const options = parseImageOptions(flags.options, outputFormat);
+        const compress = flags.compress ? clusterCompressor(options.qcow2.compressionType ?? 'zlib', options.qcow2.clusterSize ?? 65536) : undefined;
+        await convertToStdout(view, outputFormat, options, { sparseSize: settings.sparseSize, ...(compress === undefined ? {} : { compress }) }, progress.update);
+      } else if (outputFormat === 'qcow2') {
         await convertIntoQcow2(view, outputFilename, flags, settings, progress.update);
       } else {
         if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');

@@ -10,10 +10,10 @@ export interface ProgressReporter {
  * qemu-img's -p progress line: "    (NN.NN/100%)" rewritten in place with a carriage return, on stdout, printed
  * only when the percentage moves by at least 1% (as qemu does), and finished with a newline.
  */
-export function progressPrinter(enabled: boolean): ProgressReporter {
+export function progressPrinter(enabled: boolean, out: NodeJS.WritableStream = process.stdout): ProgressReporter {
   let last = -1;
   const print = (percent: number): void => {
-    process.stdout.write(`    (${percent.toFixed(2)}/100%)\r`);
+    out.write(`    (${percent.toFixed(2)}/100%)\r`);
   };
   // qemu-img shows 0.00% as soon as the operation starts.
   if (enabled) {
@@ -32,7 +32,7 @@ export function progressPrinter(enabled: boolean): ProgressReporter {
     finish() {
       if (!enabled) return;
       if (last !== 100) print(100);
-      process.stdout.write('\n');
+      out.write('\n');
     },
   };
 }
@@ -112,11 +112,12 @@ export function addProgressOptions(command: Command, what = 'show progress'): Co
  * The reporter the flags ask for: JSON when --progress=json (even with -q: a program asked for it), qemu-img's
  * line with -p or --progress=human unless -q, otherwise nothing.
  */
-export function progressReporter(operation: string, flags: ProgressFlags): ProgressReporter {
+export function progressReporter(operation: string, flags: ProgressFlags, stdoutTaken = false): ProgressReporter {
   const format = flags.progress;
   if (format !== undefined && format !== 'human' && format !== 'json') {
     throw new Error(`Invalid progress format '${format}' (expected human or json)`);
   }
   if (format === 'json') return jsonProgress(operation);
-  return progressPrinter((flags.p === true || format === 'human') && !flags.quiet);
+  // When stdout carries the command's data (convert … -), the human line goes to stderr.
+  return progressPrinter((flags.p === true || format === 'human') && !flags.quiet, stdoutTaken ? process.stderr : process.stdout);
 }

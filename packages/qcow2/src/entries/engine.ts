@@ -39,6 +39,7 @@ export { RateLimiter } from '../ops/rate-limiter.js';
 export { SalvagingDevice, type SalvageWarning } from '../ops/salvaging-device.js';
 export { clearQcow2Target, clearRawTarget } from '../ops/clear-target.js';
 export { ddPlan, ddCopy, type DdOptions, type DdPlan } from '../ops/dd.js';
+export { convertToQcow2Stream, convertToRawStream, type ByteSink, type ConvertStreamOptions } from '../ops/convert-stream.js';
 export { isZero } from '../ops/zero-detect.js';
 export {
   imageInfo,
