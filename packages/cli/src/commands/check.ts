@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { checkStorage, Qcow2Device, Qcow2Error, repairStorage, type CheckMessage, type CheckReport, type RepairMode } from '@qcowkit/qcow2/engine';
-import { FileStorage, openImageFile } from '@qcowkit/qcow2/node';
+import { checkStorage, Qcow2Device, Qcow2Error, repairStorage, type CheckMessage, type CheckReport, type RepairMode, type Storage } from '@qcowkit/qcow2/engine';
+import { nodeHostFiles, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat, type OutputFormat } from '../output/output-format.js';
@@ -137,8 +137,8 @@ function checkReadsPast(error: unknown): boolean {
   );
 }
 
-async function withFile<T>(filename: string, writable: boolean, body: (storage: FileStorage) => Promise<T>): Promise<T> {
-  const storage = await FileStorage.open(filename, { writable });
+async function withFile<T>(filename: string, writable: boolean, body: (storage: Storage) => Promise<T>): Promise<T> {
+  const storage = await nodeHostFiles.open(filename, { writable });
   try {
     return await body(storage);
   } finally {

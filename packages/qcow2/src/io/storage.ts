@@ -15,6 +15,11 @@ export interface Storage {
   flush(): Promise<void>;
   truncate(size: number): Promise<void>;
   close(): Promise<void>;
+  /**
+   * False for storage whose qemu protocol driver answers no block-info query (curl, for URLs): qemu-img info then
+   * prints no "dirty-flag" for a raw image on it. Absent means true (files).
+   */
+  readonly blockInfo?: boolean;
   /** Bytes the storage really occupies (allocated blocks of a sparse file), when the host can tell. */
   allocatedSize?(): Promise<number>;
   /**

@@ -1,11 +1,15 @@
 import { realpath } from 'node:fs/promises';
 import type { HostFiles } from '../device/host-files.js';
+import { httpHostFiles } from '../http/http-host-files.js';
 import { FileStorage } from './file-storage.js';
 
-/** The local file system as the engine's HostFiles. */
-export const nodeHostFiles: HostFiles = {
+/** The local file system alone. */
+const localFiles: HostFiles = {
   open(name, options) {
     return FileStorage.open(name, { writable: options.writable });
+  },
+  create(name) {
+    return FileStorage.open(name, { create: true });
   },
   async canonical(name) {
     try {
@@ -15,3 +19,9 @@ export const nodeHostFiles: HostFiles = {
     }
   },
 };
+
+/**
+ * The engine's HostFiles in Node: local files, and http(s) URLs read with range requests (as qemu-img reads
+ * a URL through its curl driver; a remote image's relative backing names resolve against its URL).
+ */
+export const nodeHostFiles: HostFiles = httpHostFiles({}, localFiles);

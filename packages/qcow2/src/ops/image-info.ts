@@ -295,7 +295,7 @@ async function imageInfoUnattributed(device: BlockDevice, options: ImageInfoOpti
     return qdictOrdered<ImageInfo>([
       ['filename', device.filename],
       ['format', device.format],
-      ['dirty-flag', false],
+      ['dirty-flag', storageOf(device)?.blockInfo === false ? undefined : false],
       ['actual-size', actual],
       ['virtual-size', device.format === 'raw' ? Math.ceil(device.size / 512) * 512 : device.size],
     ]);
@@ -413,7 +413,7 @@ export async function openImageForInfo(filename: string, options: OpenForInfoOpt
       if (layers.length > maxDepth) throw new Qcow2Error('CHAIN_TOO_DEEP', `backing chain deeper than ${maxDepth} images`, { file: filename });
       const next = fullBackingFilename(name, backingName);
       await gate({ kind: 'backing', name: backingName, resolved: next, from: name });
-      if (!next.startsWith('/') && hasProtocol(next)) {
+      if (!next.startsWith('/') && hasProtocol(next) && !/^https?:\/\//i.test(next)) {
         throw new Qcow2Error('BACKING_NOT_FOUND', `backing file '${next}' names a protocol, which is not supported`, { file: name });
       }
       if (seen.has((await options.hostFiles.canonical?.(next)) ?? next)) {

@@ -45,13 +45,17 @@ export function outputMatches(actual: string, expected: string): boolean {
 
 /**
  * Runs each example as an ES module in `dir` (which the caller prepares: node_modules with the packages, any
- * files the examples open), after esbuild strips the types and lowers `await using` for Node 20.
+ * files the examples open), after `rewrite` (say, a URL pointed at a local server) and esbuild strips the types and lowers `await using` for Node 20.
  * Returns each example's stdout lines.
  */
-export async function runExamples(examples: DocExample[], dir: string): Promise<Array<{ example: DocExample; lines: string[] }>> {
+export async function runExamples(
+  examples: DocExample[],
+  dir: string,
+  rewrite: (code: string) => string = (code) => code,
+): Promise<Array<{ example: DocExample; lines: string[] }>> {
   const results = [];
   for (const [i, ex] of examples.entries()) {
-    const { code } = await transform(ex.code, { loader: 'ts', format: 'esm', target: 'node20' });
+    const { code } = await transform(rewrite(ex.code), { loader: 'ts', format: 'esm', target: 'node20' });
     const file = join(dir, `example-${i}.mjs`);
     await writeFile(file, code);
     const { stdout } = await run(process.execPath, [file], { cwd: dir, timeout: 60_000 });
