@@ -33,7 +33,7 @@ async function nodeBuiltinsImportedBy(entry: string): Promise<string[]> {
 }
 
 describe('the portable engine', () => {
-  it.each(['./index.ts', './entries/engine.ts', './entries/format.ts', './http/index.ts'])('%s bundles for the browser without any Node built-in', async (entry) => {
+  it.each(['./index.ts', './entries/engine.ts', './entries/format.ts', './http/index.ts', './browser/index.ts'])('%s bundles for the browser without any Node built-in', async (entry) => {
     expect(await nodeBuiltinsImportedBy(entry)).toEqual([]);
   });
 
