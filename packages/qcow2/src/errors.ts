@@ -32,7 +32,13 @@ export type Qcow2ErrorCode =
   | 'UNKNOWN_FORMAT'
   | 'RANGE_NOT_SUPPORTED'
   | 'TIMEOUT'
-  | 'CODEC_UNAVAILABLE';
+  | 'CODEC_UNAVAILABLE'
+  /** A structure's checksum does not match its bytes (VHD footer, VHDX header, region table, log entry). */
+  | 'BAD_CHECKSUM'
+  /** A block or grain table (VHD/VHDX BAT, VMDK grain directory/tables) is malformed or points outside the file. */
+  | 'BAD_ALLOCATION_TABLE'
+  /** A VHDX image whose log must be replayed before it can be read (qemu refuses it read-only). */
+  | 'LOG_REPLAY_NEEDED';
 
 export class Qcow2Error extends Error {
   readonly code: Qcow2ErrorCode;

@@ -7,6 +7,8 @@ import { addProgressOptions, progressReporter, type ProgressFlags } from '../out
 import { convertCopySettings, salvaged, type ConvertCopyFlags, type ConvertCopySettings } from './convert-flags.js';
 import { PIPE, checkPipeOutput, convertToStdout, spoolStandardInput } from './convert-pipe.js';
 import { openForReading, parseFormatFlag, withDevice } from './open.js';
+import { convertIntoCloudFormat } from './convert-cloud.js';
+import { isCloudFormat } from '../output/cloud-image-options.js';
 
 interface ConvertFlags extends ProgressFlags, ConvertCopyFlags {
   format?: string;
@@ -92,7 +94,7 @@ export function registerConvert(program: Command): void {
     .option('-B, --backing-file <backing_file>', 'the output gets this backing file; only what differs from it is written')
     .option('-F, --backing-format <fmt>', 'format of the -B backing file')
     .option('-n, --no-create', 'do not create the output (it must exist, e.g. made by create)')
-    .requiredOption('-O, --output-format <fmt>', 'output format (raw or qcow2)')
+    .requiredOption('-O, --output-format <fmt>', 'output format (raw, qcow2, vpc, vmdk or vhdx)')
     .option('-o, --options <options>', 'output format options (cluster_size, refcount_bits, compat, compression_type, …)')
     .option('-c, --compress', 'write compressed clusters (qcow2 output)')
     .option('-s, --snapshot <id_or_name>', 'convert the disk as it was at this internal snapshot')
@@ -115,6 +117,7 @@ export function registerConvert(program: Command): void {
     const outputFormat = parseFormatFlag(flags.outputFormat);
     if (outputFormat === undefined) throw new CommandError('-O is required');
     if (flags.compress && outputFormat !== 'qcow2') throw new CommandError("Compression not supported for this file format");
+    if (isCloudFormat(outputFormat) && flags.noCreate) throw new CommandError(`-n is not supported with -O ${outputFormat}: qcowkit writes ${outputFormat} images only as new files`);
     const settings = convertCopySettings(flags);
     if (flags.backingFile !== undefined && outputFormat !== 'qcow2') throw new CommandError('-B needs qcow2 output');
     const toStdout = outputFilename === PIPE;
@@ -139,6 +142,8 @@ export function registerConvert(program: Command): void {
         await convertToStdout(view, outputFormat, options, { sparseSize: settings.sparseSize, ...(compress === undefined ? {} : { compress }) }, progress.update);
       } else if (outputFormat === 'qcow2') {
         await convertIntoQcow2(view, outputFilename, flags, settings, progress.update);
+      } else if (isCloudFormat(outputFormat)) {
+        await convertIntoCloudFormat(view, outputFilename, outputFormat, { ...flags, settings, flush: cacheMode(flags) === 'writeback' }, progress.update);
       } else {
         if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');
         const target = await FileStorage.open(outputFilename, flags.noCreate ? { writable: true } : { create: true });

@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import { Qcow2Device, Qcow2Error, combinePath, createQcow2, validateCreateOptions } from '@qcowkit/qcow2/engine';
+import { createCloudImage } from './create-cloud.js';
+import { isCloudFormat } from '../output/cloud-image-options.js';
 import { FileStorage, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { formattingLine, parseImageOptions } from '../output/image-options.js';
@@ -31,7 +33,7 @@ export function registerCreate(program: Command): void {
     .description('create a new disk image FILE of SIZE bytes')
     .argument('<filename>')
     .argument('[size]')
-    .option('-f, --format <fmt>', 'image format (qcow2 or raw)', 'raw')
+    .option('-f, --format <fmt>', 'image format (qcow2, raw, vpc, vmdk or vhdx)', 'raw')
     .option('-b, --backing <backing_file>', 'backing file (relative names resolve against the new image)')
     .option('-F, --backing-format <fmt>', 'format of the backing file')
     .option('-u, --unsafe', 'do not open the backing file (its size must then be given)')
@@ -51,6 +53,8 @@ export function registerCreate(program: Command): void {
 
 async function create(filename: string, sizeText: string | undefined, flags: CreateFlags): Promise<void> {
     const format = parseFormatFlag(flags.format) ?? 'raw';
+    if (isCloudFormat(format)) return createCloudImage(filename, sizeText, format, flags);
+    if (format !== 'raw' && format !== 'qcow2') throw new CommandError(`Unknown file format '${format}'`);
     const options = parseImageOptions(flags.options, format);
     const q = options.qcow2;
     if (flags.backing !== undefined) q.backingFile = flags.backing;

@@ -10,9 +10,11 @@ export interface ImageOpenFlags {
   noBacking?: boolean;
 }
 
+const FORMATS: readonly string[] = ['raw', 'qcow2', 'vpc', 'vmdk', 'vhdx'] satisfies ImageFormat[];
+
 export function parseFormatFlag(format: string | undefined): ImageFormat | undefined {
   if (format === undefined) return undefined;
-  if (format === 'raw' || format === 'qcow2') return format;
+  if (FORMATS.includes(format)) return format as ImageFormat;
   throw new CommandError(`Unknown file format '${format}'`);
 }
 

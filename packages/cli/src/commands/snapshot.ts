@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { Qcow2Device, Qcow2Error, openImageForInfo, snapshotInfos, type BlockDevice } from '@qcowkit/qcow2/engine';
+import { Qcow2Device, Qcow2Error, openImageForInfo, snapshotInfos, type BlockDevice, type ImageFormat } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { formatSnapshotList } from '../output/info-human.js';
@@ -20,7 +20,7 @@ export type SnapshotAction =
 
 export interface SnapshotContext {
   filename: string;
-  format: 'raw' | 'qcow2' | undefined;
+  format: ImageFormat | undefined;
   quiet: boolean;
 }
 

@@ -41,8 +41,11 @@ export const errorCodes: Readonly<Record<Qcow2ErrorCode, string>> = {
   OUT_OF_RANGE: 'A read or write past the end of the virtual disk.',
   READ_ONLY: 'A write to an image (or storage) opened read-only, or to a snapshot view.',
   IO_ERROR: 'The host could not read or write a file (missing file, permission, an HTTP error status).',
-  UNKNOWN_FORMAT: 'A format other than qcow2 or raw was asked for.',
+  UNKNOWN_FORMAT: 'A format the engine does not know (other than raw, qcow2, vpc, vmdk and vhdx) was asked for.',
   RANGE_NOT_SUPPORTED: 'An HTTP server answered a Range request with the whole file (200) or without Content-Range.',
   TIMEOUT: 'An HTTP request did not complete in time, after its retries.',
   CODEC_UNAVAILABLE: 'A compression codec (the zstd WASM module) could not be loaded, or is not available on this host.',
+  BAD_CHECKSUM: "A structure's checksum does not match its bytes (VHD footer, VHDX header, region table or log entry).",
+  BAD_ALLOCATION_TABLE: 'A block or grain table (VHD/VHDX BAT, VMDK grain directory or tables) is malformed, too large, or points past the end of the file.',
+  LOG_REPLAY_NEEDED: 'A VHDX image with a log that must be replayed before it can be read (qemu-img check -r all replays it).',
 };

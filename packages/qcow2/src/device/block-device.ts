@@ -24,7 +24,17 @@ export interface Extent {
   zeroData?: boolean;
 }
 
-export type ImageFormat = 'raw' | 'qcow2';
+export type ImageFormat = 'raw' | 'qcow2' | 'vpc' | 'vmdk' | 'vhdx';
+
+/**
+ * What `qemu-img info` shows of an image beyond its size, for devices that know it themselves (qcow2's comes
+ * from its engine). Objects in `formatSpecific.data` list their keys in qemu's schema order; info reorders them
+ * as qemu prints them.
+ */
+export interface ImageDetails {
+  clusterSize?: number;
+  formatSpecific?: { type: string; data: Record<string, unknown> };
+}
 
 export interface BlockDevice {
   /** The file name as given by the user (or as stored in the overlay for backing files). */
@@ -39,6 +49,10 @@ export interface BlockDevice {
   /** The extents covering [offset, offset+length), in order, adjacent ones with equal properties merged. */
   extents(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;
+  /** Format details for `info` (formats other than raw and qcow2). */
+  details?(): ImageDetails;
+  /** Bytes the image's files occupy on the host (st_blocks), for `info`'s disk size, when the host can tell. */
+  allocatedSize?(): Promise<number | undefined>;
 }
 
 /** Appends `extent`, merging it into the previous one when contiguous and alike (host ranges contiguous too). */

@@ -1,8 +1,9 @@
 import { Qcow2Error } from '../errors.js';
-import { QCOW2_MAGIC } from '../format/constants.js';
 import type { CompressionCodecs } from '../engine/compression.js';
 import { Qcow2Image } from '../engine/qcow2-image.js';
 import type { Storage } from '../io/storage.js';
+import { openFormatDevice } from '../formats/open-format.js';
+import { PROBE_BYTES, probeBytes } from '../formats/probe.js';
 import type { BlockDevice, ImageFormat } from './block-device.js';
 import type { HostFiles, ReferenceGate } from './host-files.js';
 import { DEFAULT_MAX_CHAIN_DEPTH, trustingGate } from './open-policy.js';
@@ -27,17 +28,18 @@ export interface OpenImageOptions {
   l2CacheBytes?: number;
 }
 
-/** Probes a format from the first bytes: qcow2 by its magic, anything else raw. */
+/** Probes a format from the first bytes, as qemu-img does (see probeBytes). */
 export async function probeFormat(storage: Storage): Promise<ImageFormat> {
-  const magic = new Uint8Array(4);
-  const n = await storage.read(magic, 0);
-  if (n === 4 && new DataView(magic.buffer).getUint32(0) === QCOW2_MAGIC) return 'qcow2';
-  return 'raw';
+  const head = new Uint8Array(PROBE_BYTES);
+  const n = await storage.read(head, 0);
+  return probeBytes(head.subarray(0, Math.max(0, n)));
 }
 
-function parseFormat(name: string | undefined, from: string): ImageFormat | undefined {
+const FORMATS: readonly string[] = ['raw', 'qcow2', 'vpc', 'vmdk', 'vhdx'] satisfies ImageFormat[];
+
+export function parseFormat(name: string | undefined, from: string): ImageFormat | undefined {
   if (name === undefined) return undefined;
-  if (name === 'raw' || name === 'qcow2') return name;
+  if (FORMATS.includes(name)) return name as ImageFormat;
   throw new Qcow2Error('UNKNOWN_FORMAT', `unsupported backing format '${name}'`, { file: from });
 }
 
@@ -80,6 +82,7 @@ async function openLayer(
   try {
     const actualFormat = format ?? (await probeFormat(storage));
     if (actualFormat === 'raw') return await RawDevice.open(storage, filename);
+    if (actualFormat !== 'qcow2') return await openFormatDevice(actualFormat, storage, filename);
     const gate = options.gate ?? trustingGate;
     const image = await Qcow2Image.open(storage, {
       ...(options.codecs === undefined ? {} : { codecs: options.codecs }),

@@ -27,7 +27,6 @@ const READ_DEPTH = 4;
  * skipped too. Reads run ahead of the writes (see readAhead).
  */
 export async function convertToRaw(source: BlockDevice, target: Storage, options: ConvertToRawOptions = {}): Promise<void> {
-  const sparse = options.sparseSize ?? 4096;
   const total = source.size;
   // Empty first so every byte not written is a hole; skip when already empty (truncating an empty file to
   // zero still makes ext4 flush it on close).
@@ -35,6 +34,23 @@ export async function convertToRaw(source: BlockDevice, target: Storage, options
     if ((await target.size()) > 0) await target.truncate(0);
     await target.truncate(total);
   }
+  await copyGuestData(source, target, options);
+  if (options.flush ?? true) await target.flush();
+  options.onProgress?.(total, total);
+}
+
+/**
+ * Copies the guest data of `source` into `target` at the same offsets, in increasing order: only extents holding
+ * data are read (reads running ahead of the writes, see readAhead), and aligned zero runs of `sparseSize` inside
+ * them are left out. Progress is reported as the copy advances (not its end).
+ */
+export async function copyGuestData(
+  source: BlockDevice,
+  target: Pick<Storage, 'write'>,
+  options: Pick<ConvertToRawOptions, 'sparseSize' | 'onProgress' | 'rateLimiter'>,
+): Promise<void> {
+  const sparse = options.sparseSize ?? 4096;
+  const total = source.size;
   const dataRanges = async function* () {
     // -S 0: every byte is written, so the output is fully allocated (as qemu-img does).
     if (sparse === 0) {
@@ -51,15 +67,13 @@ export async function convertToRaw(source: BlockDevice, target: Storage, options
     await options.rateLimiter?.take(written);
     options.onProgress?.(offset + chunk.length, total);
   });
-  if (options.flush ?? true) await target.flush();
-  options.onProgress?.(total, total);
 }
 
 /**
  * Writes `chunk` at `offset`, leaving out aligned runs of `sparse` zero bytes (they are holes already). Returns the
  * bytes written.
  */
-async function writeNonZeroRuns(target: Storage, chunk: Uint8Array, offset: number, sparse: number): Promise<number> {
+export async function writeNonZeroRuns(target: Pick<Storage, 'write'>, chunk: Uint8Array, offset: number, sparse: number): Promise<number> {
   if (sparse === 0) {
     await target.write(chunk, offset);
     return chunk.length;

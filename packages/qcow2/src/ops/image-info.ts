@@ -2,7 +2,8 @@ import { Qcow2Error } from '../errors.js';
 import type { BlockDevice, ImageFormat } from '../device/block-device.js';
 import type { HostFiles, ReferenceGate } from '../device/host-files.js';
 import { DEFAULT_MAX_CHAIN_DEPTH, trustingGate } from '../device/open-policy.js';
-import { probeFormat } from '../device/open-image.js';
+import { parseFormat, probeFormat } from '../device/open-image.js';
+import { openFormatDevice } from '../formats/open-format.js';
 import { Qcow2Device } from '../device/qcow2-device.js';
 import { RawDevice } from '../device/raw-device.js';
 import { Qcow2Image } from '../engine/qcow2-image.js';
@@ -65,10 +66,10 @@ export interface Qcow2SpecificInfo {
   'extended-l2'?: boolean;
 }
 
-export interface FormatSpecificInfo {
-  type: 'qcow2';
-  data: Qcow2SpecificInfo;
-}
+export type FormatSpecificInfo =
+  | { type: 'qcow2'; data: Qcow2SpecificInfo }
+  /** Other formats' (vmdk's): the keys qemu's schema gives them. */
+  | { type: string; data: Record<string, unknown> };
 
 export interface ImageInfo {
   'backing-filename-format'?: string;
@@ -263,6 +264,13 @@ async function qcow2SpecificInfo(image: Qcow2Image, qemuVirtualSize: number, opt
   ]);
 }
 
+/** A plain object tree whose keys are in qemu's schema order, reordered as qemu prints it (see qdictOrdered). */
+function inQdictOrder<T>(value: T): T {
+  if (Array.isArray(value)) return value.map((item) => inQdictOrder(item)) as T;
+  if (typeof value !== 'object' || value === null) return value;
+  return qdictOrdered<T>(Object.entries(value).map(([key, member]) => [key, inQdictOrder(member)]));
+}
+
 function storageOf(device: BlockDevice): Storage | undefined {
   if (device instanceof Qcow2Device) return device.image.storage;
   if (device instanceof RawDevice) return device.storage;
@@ -270,6 +278,13 @@ function storageOf(device: BlockDevice): Storage | undefined {
 }
 
 async function actualSize(device: BlockDevice): Promise<number | undefined> {
+  if (device.allocatedSize !== undefined) {
+    try {
+      return await device.allocatedSize();
+    } catch {
+      return undefined;
+    }
+  }
   const storage = storageOf(device);
   if (storage?.allocatedSize === undefined) return undefined;
   try {
@@ -291,6 +306,7 @@ export async function imageInfo(device: BlockDevice, options: ImageInfoOptions =
 async function imageInfoUnattributed(device: BlockDevice, options: ImageInfoOptions): Promise<ImageInfo> {
   const actual = await actualSize(device);
   if (!(device instanceof Qcow2Device)) {
+    const details = device.details?.() ?? {};
     // qemu counts in 512-byte sectors; a raw file's length rounds up.
     return qdictOrdered<ImageInfo>([
       ['filename', device.filename],
@@ -298,6 +314,8 @@ async function imageInfoUnattributed(device: BlockDevice, options: ImageInfoOpti
       ['dirty-flag', storageOf(device)?.blockInfo === false ? undefined : false],
       ['actual-size', actual],
       ['virtual-size', device.format === 'raw' ? Math.ceil(device.size / 512) * 512 : device.size],
+      ['cluster-size', details.clusterSize],
+      ['format-specific', details.formatSpecific === undefined ? undefined : inQdictOrder(details.formatSpecific)],
     ]);
   }
   const image = device.image;
@@ -352,15 +370,14 @@ function unopenedDataFile(name: string): Storage {
 }
 
 function parseBackingFormat(name: string | undefined, from: string): ImageFormat | undefined {
-  if (name === undefined || name === '') return undefined;
-  if (name === 'raw' || name === 'qcow2') return name;
-  throw new Qcow2Error('UNKNOWN_FORMAT', `unsupported backing format '${name}'`, { file: from });
+  return name === '' ? undefined : parseFormat(name, from);
 }
 
 interface OpenedLayer {
   filename: string;
   image?: Qcow2Image;
-  raw?: RawDevice;
+  /** A layer that is not qcow2 (raw, vpc, vmdk, vhdx): opened as its device. */
+  raw?: BlockDevice;
 }
 
 /** Opens one layer; `from` is the image that names it as its backing file (undefined for the top). */
@@ -373,7 +390,9 @@ async function openLayer(filename: string, format: ImageFormat | undefined, host
     throw new Qcow2Error('BACKING_NOT_FOUND', `could not open backing file '${filename}': ${(error as Error).message}`, { file: from, cause: error });
   }
   try {
-    if ((format ?? (await probeFormat(storage))) === 'raw') return { filename, raw: await RawDevice.open(storage, filename) };
+    const actualFormat = format ?? (await probeFormat(storage));
+    if (actualFormat === 'raw') return { filename, raw: await RawDevice.open(storage, filename) };
+    if (actualFormat !== 'qcow2') return { filename, raw: await openFormatDevice(actualFormat, storage, filename) };
     const image = await Qcow2Image.open(storage, {
       openDataFile: async (name) => {
         if (name === undefined) throw new Qcow2Error('DATA_FILE_NOT_FOUND', "'data-file' is required for this image");

@@ -1,0 +1,120 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hasQemuImg, requireQemuImg } from '../../../../fixtures/corpus.js';
+import type { ImageFormat } from '../device/block-device.js';
+import { RawDevice } from '../device/raw-device.js';
+import { MemoryStorage } from '../io/memory-storage.js';
+import type { Storage } from '../io/storage.js';
+import { convertToSink } from '../ops/convert-to-sink.js';
+import { fillPattern } from '../test-support/guest-model.js';
+import { createImageSink, type NewImageOptions } from './create-image-sink.js';
+
+requireQemuImg();
+
+/**
+ * What a convert killed halfway leaves behind. A killed process's writes reach the file in the order they were
+ * made, up to the kill: so every prefix of the writer's operations is a file a SIGKILL can leave. For each
+ * prefix qemu-img must either refuse the file as not being of the format at all (and probe it as raw: nothing
+ * claims to be the image), or open it as a complete image (equal to the source, and clean where qemu-img can
+ * check). A prefix that qemu-img opens as an image of the format with part of the data missing, or calls
+ * corrupt, fails the test.
+ */
+type Op = { kind: 'write'; offset: number; bytes: Uint8Array } | { kind: 'truncate'; size: number };
+
+/** Storage that records every operation in order, on top of memory. */
+class RecordingStorage extends MemoryStorage {
+  readonly ops: Op[] = [];
+  override async write(buffer: Uint8Array, offset: number): Promise<void> {
+    this.ops.push({ kind: 'write', offset, bytes: buffer.slice() });
+    await super.write(buffer, offset);
+  }
+  override async truncate(size: number): Promise<void> {
+    this.ops.push({ kind: 'truncate', size });
+    await super.truncate(size);
+  }
+}
+
+async function replay(ops: Op[]): Promise<Uint8Array> {
+  const storage: Storage = new MemoryStorage();
+  for (const op of ops) {
+    if (op.kind === 'write') await storage.write(op.bytes, op.offset);
+    else await storage.truncate(op.size);
+  }
+  return (storage as MemoryStorage).contents().slice();
+}
+
+interface Variant {
+  name: string;
+  format: Exclude<ImageFormat, 'raw' | 'qcow2'>;
+  options: Omit<NewImageOptions, 'size' | 'format'>;
+  /** What qemu-img says about a file that is not of the format. */
+  notThisFormat: RegExp;
+  qemuChecks: boolean;
+}
+
+const variants: Variant[] = [
+  { name: 'vpc dynamic', format: 'vpc', options: {}, notThisFormat: /invalid VPC image|File too small for a VHD header/, qemuChecks: false },
+  { name: 'vpc fixed', format: 'vpc', options: { subformat: 'fixed' }, notThisFormat: /invalid VPC image|File too small for a VHD header/, qemuChecks: false },
+];
+
+const SIZE = 20 * 1024 * 1024 + 3 * 512;
+
+function sourceDisk(): Uint8Array {
+  const disk = new Uint8Array(SIZE);
+  for (const [at, length] of [[0, 300_000], [2 * 1024 * 1024 - 4096, 8192], [9 * 1024 * 1024, 1024 * 1024], [17 * 1024 * 1024 + 512, 4096], [SIZE - 1024, 1024]] as const) {
+    disk.set(fillPattern(length, at + 1), at);
+  }
+  return disk;
+}
+
+/** The prefixes tried: all when there are few operations, else a spread plus the last ones (where the metadata goes). */
+function prefixLengths(total: number): number[] {
+  if (total <= 60) return Array.from({ length: total + 1 }, (_, i) => i);
+  const picks = new Set<number>();
+  for (let i = 0; i <= 40; i++) picks.add(Math.round((total * i) / 40));
+  for (let i = Math.max(0, total - 10); i <= total; i++) picks.add(i);
+  return [...picks].sort((a, b) => a - b);
+}
+
+describe.runIf(hasQemuImg())('a convert killed after any of its writes leaves nothing that claims to be the image', { timeout: 600_000 }, () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'qcowkit-formats-crash-'));
+    writeFileSync(join(dir, 'source.raw'), sourceDisk());
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  for (const variant of variants) {
+    it(variant.name, async () => {
+      const storage = new RecordingStorage(new Uint8Array(0), { name: 'out' });
+      const source = await RawDevice.open(new MemoryStorage(sourceDisk()));
+      await convertToSink(source, await createImageSink(storage, { ...variant.options, format: variant.format, size: SIZE } as NewImageOptions));
+      let complete = 0;
+      let refused = 0;
+      for (const n of prefixLengths(storage.ops.length)) {
+        const file = join(dir, `${variant.format}-prefix`);
+        writeFileSync(file, await replay(storage.ops.slice(0, n)));
+        const info = spawnSync('qemu-img', ['info', '-f', variant.format, '--output=json', file], { encoding: 'utf8' });
+        const where = `after ${n} of ${storage.ops.length} operations`;
+        if (info.status !== 0) {
+          expect(info.stderr, `${where}: ${info.stderr}`).toMatch(variant.notThisFormat);
+          const probed = spawnSync('qemu-img', ['info', '--output=json', file], { encoding: 'utf8' });
+          expect(probed.status, where).toBe(0);
+          expect(JSON.parse(probed.stdout).format, where).toBe('raw');
+          refused++;
+          continue;
+        }
+        const compare = spawnSync('qemu-img', ['compare', '-f', variant.format, '-F', 'raw', file, join(dir, 'source.raw')], { encoding: 'utf8' });
+        expect(`${compare.stdout}${compare.stderr}`, where).toMatch(/Images are identical/);
+        if (variant.qemuChecks) expect(spawnSync('qemu-img', ['check', '-f', variant.format, file]).status, where).toBe(0);
+        complete++;
+      }
+      // Both outcomes occur: the test looked at unfinished files and at finished ones.
+      expect(refused).toBeGreaterThan(0);
+      expect(complete).toBeGreaterThan(0);
+    });
+  }
+});
