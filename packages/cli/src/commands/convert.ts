@@ -121,6 +121,7 @@ export function registerConvert(program: Command): void {
     const settings = convertCopySettings(flags);
     if (flags.backingFile !== undefined && outputFormat !== 'qcow2') throw new CommandError('-B needs qcow2 output');
     const toStdout = outputFilename === PIPE;
+    if (toStdout && isCloudFormat(outputFormat)) throw new CommandError(`-O ${outputFormat} cannot be written to standard output`);
     if (toStdout) checkPipeOutput(flags, outputFormat === 'qcow2' ? parseImageOptions(flags.options, 'qcow2') : undefined);
     if (sources.includes(PIPE) && sources.length > 1) throw new CommandError('standard input (-) can only be the one source');
     const opened: BlockDevice[] = [];
@@ -136,7 +137,7 @@ export function registerConvert(program: Command): void {
       const view = salvaged(selector === undefined ? source : await snapshotView(source, selector, filename), flags);
       const progress = progressReporter('convert', flags, toStdout);
       progress.update(0, view.size);
-      if (toStdout) {
+      if (toStdout && !isCloudFormat(outputFormat)) {
         const options = parseImageOptions(flags.options, outputFormat);
         const compress = flags.compress ? clusterCompressor(options.qcow2.compressionType ?? 'zlib', options.qcow2.clusterSize ?? 65536) : undefined;
         await convertToStdout(view, outputFormat, options, { sparseSize: settings.sparseSize, ...(compress === undefined ? {} : { compress }) }, progress.update);

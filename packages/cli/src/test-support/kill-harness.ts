@@ -39,6 +39,11 @@ export interface KillScenario {
   snapshots?: boolean;
   /** Fixture images (from the harness's fixture set) copied into the scenario's directory before each run. */
   fixtures: string[];
+  /**
+   * The format of each written image that is not qcow2 (vpc, vmdk, vhdx): qemu-img is told it with -f, the
+   * image counts as made once qemu-img opens it as that format, and qemu-img check runs where it supports it.
+   */
+  formats?: Record<string, string>;
 }
 
 export type Outcome = 'clean' | 'leaked' | 'corrupt' | 'unreadable' | 'wrong-data' | 'not-made';
@@ -64,6 +69,17 @@ function must(command: string, args: string[], cwd: string): string {
   const r = run(command, args, cwd);
   if (r.status !== 0) throw new Error(`${command} ${args.join(' ')} (in ${cwd}): ${r.stdout}${r.stderr}`);
   return r.stdout;
+}
+
+/** -f FORMAT for qemu-img, for an image that is not qcow2 (never probed: a fixed VHD would probe as raw). */
+function formatArgs(format: string | undefined): string[] {
+  return format === undefined ? [] : ['-f', format];
+}
+
+/** A qcow2 image has its magic; another format is there once qemu-img opens the file as that format. */
+function isImage(dir: string, image: string, format: string | undefined): boolean {
+  if (format === undefined) return hasQcow2Magic(join(dir, image));
+  return existsSync(join(dir, image)) && run('qemu-img', ['info', '-U', '-f', format, image], dir).status === 0;
 }
 
 function hasQcow2Magic(file: string): boolean {
@@ -92,17 +108,17 @@ interface Side {
   snapshots: string[];
 }
 
-function virtualSize(dir: string, image: string): number {
-  return (JSON.parse(must('qemu-img', ['info', '-U', '--output=json', image], dir)) as { 'virtual-size': number })['virtual-size'];
+function virtualSize(dir: string, image: string, format?: string): number {
+  return (JSON.parse(must('qemu-img', ['info', '-U', ...formatArgs(format), '--output=json', image], dir)) as { 'virtual-size': number })['virtual-size'];
 }
 
-function snapshotNames(dir: string, image: string): string[] {
-  const info = JSON.parse(must('qemu-img', ['info', '-U', '--output=json', image], dir)) as { snapshots?: Array<{ name: string }> };
+function snapshotNames(dir: string, image: string, format?: string): string[] {
+  const info = JSON.parse(must('qemu-img', ['info', '-U', ...formatArgs(format), '--output=json', image], dir)) as { snapshots?: Array<{ name: string }> };
   return (info.snapshots ?? []).map((s) => s.name);
 }
 
-function rawOf(dir: string, image: string, out: string): Buffer | undefined {
-  must('qemu-img', ['convert', '-U', '-O', 'raw', image, out], dir);
+function rawOf(dir: string, image: string, out: string, format?: string): Buffer | undefined {
+  must('qemu-img', ['convert', '-U', ...formatArgs(format), '-O', 'raw', image, out], dir);
   const path = resolve(dir, out);
   return statSync(path).size <= MAX_RAW_COMPARE ? readFileSync(path) : undefined;
 }
@@ -124,10 +140,10 @@ export interface PreparedScenario {
 }
 
 /** An image as it is in `dir` (which keeps the rest of its chain, so qemu-img compare follows backing files). */
-function sideOf(dir: string, image: string, rawOut: string): Side | undefined {
+function sideOf(dir: string, image: string, rawOut: string, format?: string): Side | undefined {
   const path = join(dir, image);
-  if (!hasQcow2Magic(path)) return undefined;
-  return { file: path, size: virtualSize(dir, image), raw: rawOf(dir, image, rawOut), snapshots: snapshotNames(dir, image) };
+  if (!isImage(dir, image, format)) return undefined;
+  return { file: path, size: virtualSize(dir, image, format), raw: rawOf(dir, image, rawOut, format), snapshots: snapshotNames(dir, image, format) };
 }
 
 function runCommand(dir: string, args: string[], env: Record<string, string>, killAfterMs?: number): Promise<{ killed: boolean; ms: number; status: number | null; stderr: string }> {
@@ -156,7 +172,7 @@ export async function prepareScenario(scenario: KillScenario, fixtureDir: string
   const before = new Map<string, Side>();
   const snapshotContents = new Map<string, string>();
   for (const image of Object.keys(scenario.images)) {
-    const side = sideOf(pristine, image, join(sides, `before-${image}.raw`));
+    const side = sideOf(pristine, image, join(sides, `before-${image}.raw`), scenario.formats?.[image]);
     if (side !== undefined) before.set(image, side);
     for (const name of side?.snapshots ?? []) {
       const out = join(sides, `snapshot-${image}-${name}.qcow2`);
@@ -172,7 +188,7 @@ export async function prepareScenario(scenario: KillScenario, fixtureDir: string
   const writes = Number(readFileSync(countFile, 'utf8'));
   const after = new Map<string, Side>();
   for (const image of Object.keys(scenario.images)) {
-    const side = sideOf(full, image, join(sides, `after-${image}.raw`));
+    const side = sideOf(full, image, join(sides, `after-${image}.raw`), scenario.formats?.[image]);
     if (side === undefined) throw new Error(`${scenario.name}: no ${image} after a complete run`);
     after.set(image, side);
     // A snapshot that exists only after the command (create) holds the disk as it was before.
@@ -196,18 +212,21 @@ function sectorsOldOrNew(actual: Buffer, old: Buffer | undefined, next: Buffer):
   return -1;
 }
 
-function identical(dir: string, a: string, b: string): boolean {
-  return run('qemu-img', ['compare', '-U', '-q', a, b], dir).status === 0;
+function identical(dir: string, a: string, b: string, format?: string): boolean {
+  return run('qemu-img', ['compare', '-U', '-q', ...formatArgs(format), ...(format === undefined ? [] : ['-F', format]), a, b], dir).status === 0;
 }
 
 /** Judges one image after a kill. Returns the outcome and a detail line. */
 function judgeImage(prepared: PreparedScenario, dir: string, image: string, rule: DataRule): { outcome: Outcome; detail: string } {
-  const path = join(dir, image);
-  if (!hasQcow2Magic(path)) {
-    if (rule === 'made') return { outcome: 'not-made', detail: `${image}: not a qcow2 image yet` };
-    return { outcome: 'unreadable', detail: `${image}: the qcow2 header is gone` };
+  const format = prepared.scenario.formats?.[image];
+  const f = formatArgs(format);
+  if (!isImage(dir, image, format)) {
+    if (rule === 'made') return { outcome: 'not-made', detail: `${image}: not a ${format ?? 'qcow2'} image yet` };
+    return { outcome: 'unreadable', detail: `${image}: the ${format ?? 'qcow2'} header is gone` };
   }
-  const check = run('qemu-img', ['check', '-U', '--output=json', image], dir);
+  let check = run('qemu-img', ['check', '-U', ...f, '--output=json', image], dir);
+  // 63: the format has no check (vpc); the reads below still judge it.
+  if (check.status === 63 && format !== undefined) check = { status: 0, stdout: '{}', stderr: '' };
   if (check.status !== 0 && check.status !== 2 && check.status !== 3) {
     return { outcome: 'unreadable', detail: `${image}: qemu-img check exit ${check.status}: ${check.stderr.trim().split('\n')[0]}` };
   }
@@ -218,24 +237,24 @@ function judgeImage(prepared: PreparedScenario, dir: string, image: string, rule
   }
   // Opens in both tools, and qcowkit reads what qemu-img reads.
   const rawName = `${image}.killed.raw`;
-  const converted = run('qemu-img', ['convert', '-U', '-O', 'raw', image, rawName], dir);
+  const converted = run('qemu-img', ['convert', '-U', ...f, '-O', 'raw', image, rawName], dir);
   if (converted.status !== 0) return { outcome: 'unreadable', detail: `${image}: qemu-img convert: ${converted.stderr.trim()}` };
-  const ours = run(process.execPath, [CLI_MAIN, 'compare', '-f', 'raw', '-F', 'qcow2', rawName, image], dir);
+  const ours = run(process.execPath, [CLI_MAIN, 'compare', '-f', 'raw', '-F', format ?? 'qcow2', rawName, image], dir);
   if (ours.status === 1) return { outcome: 'wrong-data', detail: `${image}: qcowkit reads other data than qemu-img: ${ours.stdout.trim()}` };
   if (ours.status !== 0) return { outcome: 'unreadable', detail: `${image}: qcowkit: ${ours.stderr.trim()}` };
 
   const before = prepared.before.get(image);
   const after = prepared.after.get(image)!;
-  const size = virtualSize(dir, image);
+  const size = virtualSize(dir, image, format);
   const rawPath = join(dir, rawName);
   const raw = statSync(rawPath).size <= MAX_RAW_COMPARE ? readFileSync(rawPath) : undefined;
   const wrong = (why: string): { outcome: Outcome; detail: string } => ({ outcome: 'wrong-data', detail: `${image}: ${why}` });
   switch (rule) {
     case 'same':
-      if (!identical(dir, before!.file, image)) return wrong('guest data changed');
+      if (!identical(dir, before!.file, image, format)) return wrong('guest data changed');
       break;
     case 'whole':
-      if (!identical(dir, before!.file, image) && !identical(dir, after.file, image)) return wrong('guest data is neither the old nor the new');
+      if (!identical(dir, before!.file, image, format) && !identical(dir, after.file, image, format)) return wrong('guest data is neither the old nor the new');
       break;
     case 'old-or-new':
     case 'made': {
@@ -256,7 +275,7 @@ function judgeImage(prepared: PreparedScenario, dir: string, image: string, rule
     }
   }
   if (prepared.scenario.snapshots) {
-    const names = snapshotNames(dir, image);
+    const names = snapshotNames(dir, image, format);
     const same = (list: string[]): boolean => JSON.stringify(list) === JSON.stringify(names);
     if (!same(before!.snapshots) && !same(after.snapshots)) return wrong(`snapshot list [${names.join(', ')}] is neither the old nor the new one`);
     for (const name of names) {

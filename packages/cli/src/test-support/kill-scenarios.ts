@@ -36,6 +36,10 @@ export const killScenarios: KillScenario[] = [
   { name: 'check -r leaks', args: ['check', '-r', 'leaks', 'leaky.qcow2'], fixtures: ['leaky.qcow2'], images: { 'leaky.qcow2': 'same' } },
   { name: 'check -r all', args: ['check', '-r', 'all', 'leaky.qcow2'], fixtures: ['leaky.qcow2'], images: { 'leaky.qcow2': 'same' } },
   { name: 'dd', args: ['dd', '-O', 'qcow2', `if=${D}`, 'of=dd.qcow2', 'bs=1M'], fixtures: [D], images: { 'dd.qcow2': 'made' } },
+  // The cloud formats: a killed convert leaves no image qemu-img opens as the format (not made) or the whole one.
+  { name: 'convert -O vpc', args: ['convert', '-O', 'vpc', D, 'out.vhd'], fixtures: [D], images: { 'out.vhd': 'made' }, formats: { 'out.vhd': 'vpc' } },
+  { name: 'convert -O vpc (fixed, force_size)', args: ['convert', '-O', 'vpc', '-o', 'subformat=fixed,force_size', D, 'out.vhd'], fixtures: [D], images: { 'out.vhd': 'made' }, formats: { 'out.vhd': 'vpc' } },
+  { name: 'create -f vpc', args: ['create', '-f', 'vpc', 'new.vhd', '64M'], fixtures: [], images: { 'new.vhd': 'made' }, formats: { 'new.vhd': 'vpc' } },
 ];
 
 function must(command: string, args: string[], cwd: string): void {

@@ -12,7 +12,7 @@ import { Qcow2Error } from '../errors.js';
 import { MemoryStorage } from '../io/memory-storage.js';
 import { nodeHostFiles } from '../node/node-host-files.js';
 import { minimalImage } from '../test-support/minimal-image.js';
-import { backingChain, fullBackingFilename, imageInfo, openImageForInfo, snapshotInfos, type ImageInfo, type OpenForInfoOptions } from './image-info.js';
+import { backingChain, fullBackingFilename, imageInfo, openImageForInfo, snapshotInfos, type ImageInfo, type OpenForInfoOptions, type Qcow2SpecificInfo } from './image-info.js';
 
 requireQemuImg();
 
@@ -194,13 +194,13 @@ describe.runIf(hasQemuImg())('imageInfo equals qemu-img info --output=json', () 
     img(['bitmap', '--add', '-g', '1M', '--disable', 'bitmaps.qcow2', 'b é 2']);
     img(['bitmap', '--add', '-g', '512', 'bitmaps.qcow2', 'fine']);
     const info = (await expectSameAsQemu('bitmaps.qcow2')) as ImageInfo;
-    expect(info['format-specific']!.data.bitmaps!.map((b) => b.flags)).toEqual([['auto'], [], ['auto']]);
+    expect((info['format-specific']!.data as Qcow2SpecificInfo).bitmaps!.map((b) => b.flags)).toEqual([['auto'], [], ['auto']]);
     if (hasQemuIo()) {
       // A qemu that dies with the image open leaves its bitmaps marked in use.
       writeFileSync(join(work, 'inuse.qcow2'), readFileSync(join(work, 'bitmaps.qcow2')));
       qemuIo(['-c', 'write 0 64k', '-c', 'flush', '-c', 'abort', 'inuse.qcow2'], { cwd: work });
       const inUse = (await expectSameAsQemu('inuse.qcow2')) as ImageInfo;
-      expect(inUse['format-specific']!.data.bitmaps![0]!.flags).toEqual(['in-use', 'auto']);
+      expect((inUse['format-specific']!.data as Qcow2SpecificInfo).bitmaps![0]!.flags).toEqual(['in-use', 'auto']);
     }
   });
 
@@ -213,7 +213,7 @@ describe.runIf(hasQemuImg())('imageInfo equals qemu-img info --output=json', () 
     const warnings: string[] = [];
     const info = await imageInfo(device, { warn: (m) => warnings.push(m) });
     await device.close();
-    expect(info['format-specific']!.data.bitmaps).toBeUndefined();
+    expect((info['format-specific']!.data as Qcow2SpecificInfo).bitmaps).toBeUndefined();
     expect(warnings).toEqual(['a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent']);
     await expectSameAsQemu('stale-bitmaps.qcow2');
   });
@@ -291,7 +291,7 @@ describe.runIf(hasQemuImg())('imageInfo equals qemu-img info --output=json', () 
     create('corrupt.qcow2', '1M');
     patchFile('corrupt.qcow2', 72, u64(0b10n)); // incompatible bit 1: corrupt
     const corrupt = (await expectSameAsQemu('corrupt.qcow2')) as ImageInfo;
-    expect(corrupt['format-specific']!.data.corrupt).toBe(true);
+    expect((corrupt['format-specific']!.data as Qcow2SpecificInfo).corrupt).toBe(true);
   });
 
   it('raw images, probed or named with -f', async () => {

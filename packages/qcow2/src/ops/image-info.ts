@@ -66,10 +66,24 @@ export interface Qcow2SpecificInfo {
   'extended-l2'?: boolean;
 }
 
-export type FormatSpecificInfo =
-  | { type: 'qcow2'; data: Qcow2SpecificInfo }
-  /** Other formats' (vmdk's): the keys qemu's schema gives them. */
-  | { type: string; data: Record<string, unknown> };
+/** One extent of a VMDK, as qemu-img info lists it under format-specific.data.extents. */
+export interface VmdkExtentInfo {
+  compressed?: boolean;
+  'virtual-size': number;
+  filename: string;
+  'cluster-size'?: number;
+  format: string;
+}
+
+/** format-specific.data for vmdk. */
+export interface VmdkSpecificInfo {
+  cid: number;
+  'parent-cid': number;
+  'create-type': string;
+  extents: VmdkExtentInfo[];
+}
+
+export type FormatSpecificInfo = { type: 'qcow2'; data: Qcow2SpecificInfo } | { type: 'vmdk'; data: VmdkSpecificInfo };
 
 export interface ImageInfo {
   'backing-filename-format'?: string;
@@ -315,7 +329,7 @@ async function imageInfoUnattributed(device: BlockDevice, options: ImageInfoOpti
       ['actual-size', actual],
       ['virtual-size', device.format === 'raw' ? Math.ceil(device.size / 512) * 512 : device.size],
       ['cluster-size', details.clusterSize],
-      ['format-specific', details.formatSpecific === undefined ? undefined : inQdictOrder(details.formatSpecific)],
+      ['format-specific', details.formatSpecific === undefined ? undefined : (inQdictOrder(details.formatSpecific) as unknown as FormatSpecificInfo)],
     ]);
   }
   const image = device.image;
