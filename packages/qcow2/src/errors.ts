@@ -25,6 +25,7 @@ export type Qcow2ErrorCode =
   | 'DATA_FILE_NOT_FOUND'
   | 'UNTRUSTED_REFERENCE'
   | 'SNAPSHOT_NOT_FOUND'
+  | 'BITMAP_NOT_FOUND'
   | 'BAD_ARGUMENT'
   | 'OUT_OF_RANGE'
   | 'READ_ONLY'

@@ -23,6 +23,7 @@ export const COMMAND_LOADERS: ReadonlyArray<readonly [name: string, load: () => 
   ['demo', async () => (await import('./demo.js')).registerDemo],
   ['check', async () => (await import('./check.js')).registerCheck],
   ['dd', async () => (await import('./dd.js')).registerDd],
+  ['amend', async () => (await import('./amend.js')).registerAmend],
   ['vm', async () => (await import('./vm.js')).registerVm],
   ['inspect', async () => (await import('./inspect.js')).registerInspect],
 ];

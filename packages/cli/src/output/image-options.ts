@@ -11,22 +11,28 @@ export interface ImageOptions {
   given: Map<string, string>;
 }
 
-function onOff(name: string, value: string): boolean {
+export function onOff(name: string, value: string): boolean {
   if (value === 'on' || value === 'true') return true;
   if (value === 'off' || value === 'false') return false;
   throw new CommandError(`Parameter '${name}' expects 'on' or 'off'`);
+}
+
+/** "key=value,key=value" as qemu's QemuOpts reads it: ",," escapes a comma inside a value, a bare key means on. */
+export function optionPairs(text: string): Array<[key: string, value: string]> {
+  const parts = text.replace(/,,/g, '\u0000').split(',').map((p) => p.replace(/\u0000/g, ','));
+  return parts
+    .filter((part) => part !== '')
+    .map((part) => {
+      const eq = part.indexOf('=');
+      return eq < 0 ? [part, 'on'] : [part.slice(0, eq), part.slice(eq + 1)];
+    });
 }
 
 /** Parses "key=value,key=value" (qemu's QemuOpts syntax; ",," escapes a comma inside a value). */
 export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'raw'): ImageOptions {
   const options: ImageOptions = { qcow2: {}, preallocation: 'off', given: new Map() };
   if (text === undefined || text === '') return options;
-  const parts = text.replace(/,,/g, '\u0000').split(',').map((p) => p.replace(/\u0000/g, ','));
-  for (const part of parts) {
-    if (part === '') continue;
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = eq < 0 ? 'on' : part.slice(eq + 1);
+  for (const [key, value] of optionPairs(text)) {
     options.given.set(key, value);
     const q = options.qcow2;
     switch (key) {

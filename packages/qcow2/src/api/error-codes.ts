@@ -37,6 +37,7 @@ export const errorCodes: Readonly<Record<Qcow2ErrorCode, string>> = {
   DATA_FILE_NOT_FOUND: 'The external data file is missing or cannot be opened.',
   UNTRUSTED_REFERENCE: 'The image names another file (backing or data file) and was opened as untrusted.',
   SNAPSHOT_NOT_FOUND: 'No internal snapshot has that id or name.',
+  BITMAP_NOT_FOUND: 'No persistent dirty bitmap has that name.',
   BAD_ARGUMENT: "An argument is invalid (a size, a cluster size, an option qemu-img would refuse); qemu's message.",
   OUT_OF_RANGE: 'A read or write past the end of the virtual disk.',
   READ_ONLY: 'A write to an image (or storage) opened read-only, or to a snapshot view.',

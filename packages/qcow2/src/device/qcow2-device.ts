@@ -46,6 +46,11 @@ export class Qcow2Device implements BlockDevice {
     return this.writer !== undefined;
   }
 
+  /** The writer of a device opened for writing (engine operations that allocate use its refcounts). */
+  get attachedWriter(): Qcow2Writer | undefined {
+    return this.writer;
+  }
+
   private requireWriter(): Qcow2Writer {
     if (this.writer === undefined) throw new Qcow2Error('READ_ONLY', 'image is open read-only', { file: this.filename });
     return this.writer;

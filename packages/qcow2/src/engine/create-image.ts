@@ -47,7 +47,7 @@ const FEATURE_NAMES: Array<[number, number, string]> = [
   [2, AutoclearFeature.DataFileRaw, 'raw external data'],
 ];
 
-function featureNameTable(): HeaderExtension {
+export function featureNameTable(): HeaderExtension {
   const data = new Uint8Array(FEATURE_NAMES.length * 48);
   const encoder = new TextEncoder();
   FEATURE_NAMES.forEach(([type, bit, name], i) => {

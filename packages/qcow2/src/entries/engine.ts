@@ -16,6 +16,8 @@ export type { ImageLayout } from '../engine/image-layout.js';
 export { createQcow2, validateCreateOptions, type CreateQcow2Options, type Preallocation } from '../engine/create-image.js';
 export { Qcow2Writer, type BelowReader } from '../engine/image-writer.js';
 export { Refcounts } from '../engine/refcounts.js';
+export { amendImage, type AmendOptions, type AmendRunOptions } from '../engine/amend.js';
+export { BitmapEditor, bitmapSource, defaultBitmapGranularity, loadBitmapState, readBitmapTable, type BitmapSource, type BitmapState } from '../engine/bitmaps.js';
 export { recomputeCopied } from '../engine/snapshots.js';
 export { setBackingReference, type BackingReference } from '../engine/backing-reference.js';
 export { makeEmpty, type MakeEmptyResult } from '../engine/make-empty.js';

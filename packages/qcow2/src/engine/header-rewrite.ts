@@ -1,0 +1,65 @@
+import { Qcow2Error } from '../errors.js';
+import { V2_HEADER_LENGTH } from '../format/constants.js';
+import type { HeaderExtension } from '../format/header-extensions.js';
+import { decodeHeader, encodeHeader, type Qcow2Header } from '../format/header.js';
+import type { Qcow2Image } from './qcow2-image.js';
+
+const SECTOR = 512;
+/** The page cache takes a write inside one page whole: a process killed during it leaves all of it or none. */
+const PAGE = 4096;
+
+/**
+ * Rewrites cluster 0 (header, extensions, backing file name) from a changed copy of the header on disk, in ONE
+ * write from offset 0 that also zeroes whatever the old header used beyond the new one. This is how amend and
+ * the bitmap commands switch an image from one state to the next: everything the new header names is written
+ * (and flushed) before, everything only the old header named is freed after, so a kill leaves either header.
+ * The header is re-read from the file first, so fields written elsewhere since it was opened are kept.
+ *
+ * Refused when the result does not fit in the cluster, or (for atomicity) spans more than the first page.
+ */
+export async function rewriteHeader(image: Qcow2Image, change: (header: Qcow2Header) => void, options: { durable?: boolean } = {}): Promise<Qcow2Header> {
+  const clusterSize = image.clusterSize;
+  const cluster0 = new Uint8Array(Math.min(clusterSize, image.fileSize));
+  await image.storage.read(cluster0, 0);
+  const header = decodeHeader(cluster0);
+  const oldEnd = usedBytes(header, cluster0.length);
+  change(header);
+  const encoded = encodeHeader(header);
+  const length = Math.min(clusterSize, Math.ceil(Math.max(encoded.length, oldEnd) / SECTOR) * SECTOR);
+  if (length > PAGE && encoded.length > PAGE) {
+    throw new Qcow2Error('BAD_ARGUMENT', 'the header and its extensions would not fit in the first 4 KiB', { file: image.name });
+  }
+  const out = new Uint8Array(Math.min(length, PAGE));
+  out.set(encoded);
+  // Bytes of the old header past the first page (a very long old extension list) are zeroed by a second write:
+  // the new header, ending inside the first page, no longer reaches them.
+  await image.storage.write(out, 0);
+  if (length > PAGE) await image.storage.write(new Uint8Array(length - PAGE), PAGE);
+  if (options.durable ?? true) await image.storage.flush();
+  if (out.length > image.fileSize) image.fileSize = out.length;
+  Object.assign(image.header, header);
+  return header;
+}
+
+/** Bytes the header, its extension list (end marker included) and the backing file name occupy. */
+function usedBytes(header: Qcow2Header, available: number): number {
+  let end = header.version === 2 ? V2_HEADER_LENGTH : header.headerLength;
+  for (const extension of header.extensions) end += 8 + ((extension.data.length + 7) & ~7);
+  end += 8;
+  return Math.min(available, Math.max(end, header.backingFileOffset + header.backingFileSize));
+}
+
+/** The extension list with the extension of `type` replaced (in place), added before the end, or removed. */
+export function withExtension(extensions: HeaderExtension[], type: number, replacement: HeaderExtension | undefined): HeaderExtension[] {
+  const out: HeaderExtension[] = [];
+  let placed = false;
+  for (const extension of extensions) {
+    if (extension.type !== type) out.push(extension);
+    else if (replacement !== undefined && !placed) {
+      out.push(replacement);
+      placed = true;
+    }
+  }
+  if (replacement !== undefined && !placed) out.push(replacement);
+  return out;
+}

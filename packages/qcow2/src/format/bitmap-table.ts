@@ -1,0 +1,57 @@
+import { Qcow2Error } from '../errors.js';
+
+/**
+ * A persistent bitmap's table (qcow2 spec, "Bitmap table"): one u64 per cluster of bitmap data. Bits 9..55
+ * are the offset of a data cluster; with offset 0, bit 0 says the whole cluster of bits is 1 (set) or 0. Bits
+ * 1..8 and 56..63 are reserved, and bit 0 too when there is an offset. Bitmap data is little-endian by bit:
+ * bit i of the bitmap is bit (i % 8) of byte (i / 8), and bit i covers guest bytes [i * granularity,
+ * (i + 1) * granularity).
+ */
+export type BitmapTableEntry = { kind: 'zeros' } | { kind: 'ones' } | { kind: 'data'; offset: number };
+
+const TWO_32 = 0x100000000;
+
+export function decodeBitmapTableEntry(view: DataView, index: number, clusterSize: number, bitmapName: string): BitmapTableEntry {
+  const hi = view.getUint32(index * 8);
+  const lo = view.getUint32(index * 8 + 4);
+  const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+  const bad = (hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 || (offset !== 0 && ((lo & 1) !== 0 || offset % clusterSize !== 0));
+  if (bad) {
+    const raw = ((BigInt(hi) << 32n) | BigInt(lo >>> 0)).toString(16).padStart(16, '0');
+    throw new Qcow2Error('BAD_BITMAP_DIRECTORY', `bitmap '${bitmapName}': invalid bitmap table entry ${index}: 0x${raw}`);
+  }
+  if (offset !== 0) return { kind: 'data', offset };
+  return (lo & 1) !== 0 ? { kind: 'ones' } : { kind: 'zeros' };
+}
+
+export function encodeBitmapTableEntry(view: DataView, index: number, entry: BitmapTableEntry): void {
+  const offset = entry.kind === 'data' ? entry.offset : 0;
+  view.setUint32(index * 8, Math.floor(offset / TWO_32));
+  view.setUint32(index * 8 + 4, ((offset >>> 0) | (entry.kind === 'ones' ? 1 : 0)) >>> 0);
+}
+
+/** Entries a bitmap of `granularity` over a disk of `virtualSize` bytes needs (qemu's bitmap table size). */
+export function bitmapTableSize(virtualSize: number, granularity: number, clusterSize: number): number {
+  const bits = Math.ceil(virtualSize / granularity);
+  return Math.ceil(bits / (clusterSize * 8));
+}
+
+/** Whether bit `bit` of a data cluster is set. */
+export function bitmapBit(data: Uint8Array, bit: number): boolean {
+  return ((data[bit >>> 3]! >>> (bit & 7)) & 1) === 1;
+}
+
+/** Sets bits [from, to) of a data cluster. */
+export function setBitmapBits(data: Uint8Array, from: number, to: number): void {
+  for (let bit = from; bit < to; ) {
+    if ((bit & 7) === 0 && bit + 8 <= to) {
+      // Whole bytes at a time through the middle.
+      const end = Math.floor(to / 8);
+      data.fill(0xff, bit >>> 3, end);
+      bit = end * 8;
+      continue;
+    }
+    data[bit >>> 3] = data[bit >>> 3]! | (1 << (bit & 7));
+    bit++;
+  }
+}
