@@ -28,8 +28,7 @@ const qcow2NodeModuleUrl = {
   setup(b) {
     b.onLoad({ filter: /[\\/]qcow2[\\/]dist[\\/]node[\\/][^\\/]+\.js$/ }, async (args) => {
       const contents = await readFile(args.path, 'utf8');
-      const url = "require('node:url').pathToFileURL(require.resolve('@qcowkit/qcow2/node')).href";
-      return { contents: contents.replaceAll('import.meta.url', url), loader: 'js' };
+      return { contents: contents.replaceAll('import.meta.url', '__qcow2NodeModuleUrl()'), loader: 'js' };
     });
   },
 };
@@ -46,6 +45,10 @@ await build({
   // import() of the packages left out becomes require(): a script compiled from a code cache has no import().
   supported: { 'dynamic-import': false },
   plugins: [qcow2NodeModuleUrl],
+  // Verbatim (not bundled): where the installed @qcowkit/qcow2/node lives, found when first asked.
+  banner: {
+    js: "function __qcow2NodeModuleUrl() { return require('node:url').pathToFileURL(require.resolve('@qcowkit/qcow2/node')).href; }",
+  },
   // Smaller to read and to hash at start-up; identifiers are kept, so QCOWKIT_DEBUG stack traces stay readable.
   minifyWhitespace: true,
   minifySyntax: true,

@@ -1,4 +1,4 @@
-import { RateLimiter, SalvagingDevice, type BlockDevice } from '@qcowkit/qcow2/engine';
+import { DEFAULT_COPY_DEPTH, MAX_COPY_DEPTH, RateLimiter, SalvagingDevice, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
 import { cvtnum } from '../output/sizes.js';
 
@@ -12,6 +12,10 @@ export interface ConvertCopyFlags {
   options?: string;
   backingFile?: string;
   quiet?: boolean;
+  /** -m: requests in flight. */
+  parallel?: string;
+  /** -W: out-of-order writes. */
+  outOfOrder?: boolean;
 }
 
 const SECTOR = 512;
@@ -23,6 +27,21 @@ export interface ConvertCopySettings {
   rateLimiter?: RateLimiter;
   /** -n without --target-is-zero: the existing target's data must be cleared where the source reads zeros. */
   clearTarget: boolean;
+  /** -m: requests in flight (qemu-img's coroutines, 1..16, default 8). */
+  parallel: number;
+  /** -W: chunks are written as soon as they are read, not in guest order. */
+  outOfOrder: boolean;
+}
+
+/** qemu-img -m: a C integer (strtol base 0: decimal, 0x hex, 0 octal), 1 to 16. */
+function parseCoroutines(text: string | undefined): number {
+  if (text === undefined) return DEFAULT_COPY_DEPTH;
+  const match = /^\s*([+-]?)(0x[0-9a-f]+|0[0-7]*|[1-9][0-9]*)$/i.exec(text);
+  const value = match === null ? Number.NaN : (match[1] === '-' ? -1 : 1) * Number.parseInt(match[2]!, /^0x/i.test(match[2]!) ? 16 : /^0./.test(match[2]!) ? 8 : 10);
+  if (!(value >= 1 && value <= MAX_COPY_DEPTH)) {
+    throw new CommandError(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COPY_DEPTH}`);
+  }
+  return value;
 }
 
 /** Parses and checks -S, -r, --target-is-zero with qemu-img's messages, before anything is opened. */
@@ -33,6 +52,7 @@ export function convertCopySettings(flags: ConvertCopyFlags): ConvertCopySetting
       `Invalid buffer size for sparse output specified. Valid sizes are multiples of ${SECTOR} up to ${MAX_SPARSE}. Select 0 to disable sparse detection (fully allocates output).`,
     );
   }
+  const parallel = parseCoroutines(flags.parallel);
   const rate = flags.rateLimit === undefined ? 0 : cvtnum('rate limit', flags.rateLimit);
   if (flags.noCreate && flags.options !== undefined) throw new CommandError('-o has no effect when skipping image creation');
   if (flags.targetIsZero && !flags.noCreate) throw new CommandError('--target-is-zero requires use of -n flag');
@@ -42,6 +62,8 @@ export function convertCopySettings(flags: ConvertCopyFlags): ConvertCopySetting
     sparseSize,
     ...(rate > 0 ? { rateLimiter: new RateLimiter(rate) } : {}),
     clearTarget: flags.noCreate === true && !flags.targetIsZero,
+    parallel,
+    outOfOrder: flags.outOfOrder === true,
   };
 }
 

@@ -71,6 +71,8 @@ async function convertIntoQcow2(
       ...(backing === undefined ? {} : { backing }),
       ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }),
       sparseSize: settings.sparseSize,
+      parallel: settings.parallel,
+      outOfOrder: settings.outOfOrder,
       onProgress,
     });
   });
@@ -103,6 +105,8 @@ export function registerConvert(program: Command): void {
     .option('--target-is-zero', 'with -n: the existing output reads as zeros, so zeros need not be written')
     .option('-r, --rate-limit <rate>', 'write at most RATE bytes per second (k, M, G suffixes)')
     .option('--salvage', 'read unreadable parts of the source as zeros, with a warning for each sector, and go on')
+    .option('-m, --parallel <num_coroutines>', 'requests in flight, 1 to 16 (default 8, as qemu-img)')
+    .option('-W, --out-of-order', 'write chunks as soon as they are read, not in guest order (the output layout then varies)')
     .option('-q, --quiet', 'quiet mode')
     .option('-t, --cache <mode>', "output cache mode: 'unsafe' (default, as qemu-img convert: no fsync) or writeback/writethrough/none/directsync (fsync at the end)", 'unsafe')
     .option('-T, --source-cache <mode>', 'source cache mode (accepted for compatibility; reads are always through the page cache)')
@@ -156,6 +160,8 @@ export function registerConvert(program: Command): void {
             onProgress: progress.update,
             flush: cacheMode(flags) === 'writeback',
             keepTarget: flags.noCreate === true,
+            parallel: settings.parallel,
+            outOfOrder: settings.outOfOrder,
             ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }),
           });
         } finally {

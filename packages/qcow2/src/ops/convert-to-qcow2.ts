@@ -2,11 +2,14 @@ import type { BlockDevice } from '../device/block-device.js';
 import type { Qcow2Device } from '../device/qcow2-device.js';
 import { alignedDataRanges } from './aligned-ranges.js';
 import type { RateLimiter } from './rate-limiter.js';
-import { readAhead } from './read-ahead.js';
+import { COPY_CHUNK, DEFAULT_COPY_DEPTH, copyPipeline } from './copy-pipeline.js';
 import { firstDifference, isZero } from './zero-detect.js';
 
 /** Compresses one cluster; returns undefined when compression does not make it smaller than a cluster. */
-export type ClusterCompressor = (cluster: Uint8Array) => Promise<Uint8Array | undefined>;
+export type ClusterCompressor = ((cluster: Uint8Array) => Promise<Uint8Array | undefined>) & {
+  /** Optional: many clusters in one call (a worker pool then gets one message per chunk, not per cluster). */
+  many?: (clusters: Uint8Array[]) => Promise<Array<Uint8Array | undefined>>;
+};
 
 export interface ConvertToQcow2Options {
   /** Write compressed clusters (qemu-img convert -c) with this compressor. */
@@ -24,17 +27,17 @@ export interface ConvertToQcow2Options {
   sparseSize?: number;
   /** convert -r: bytes written per second. */
   rateLimiter?: RateLimiter;
+  /** Requests in flight (qemu-img -m, default 8). */
+  parallel?: number;
+  /** Write chunks as they are read rather than in guest order (qemu-img -W): the host layout then varies. */
+  outOfOrder?: boolean;
 }
-
-const CHUNK = 4 * 1024 * 1024;
-/** Chunks read ahead while one is written. */
-const READ_DEPTH = 4;
 
 /**
  * Copies the guest contents of `source` into `target` (a fresh, writable qcow2 of the same size). Only source
  * extents holding data are read; target clusters that are all zeros are left unallocated (qemu-img's default
  * -S 4k never allocates a zero cluster in a qcow2 target). Runs of non-zero clusters become single writes, so
- * the writer allocates them contiguously; reads run ahead of the writes (see readAhead).
+ * the writer allocates them contiguously; reads run ahead of the writes (see copyPipeline).
  */
 export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, options: ConvertToQcow2Options = {}): Promise<void> {
   if (options.backing !== undefined) {
@@ -42,7 +45,6 @@ export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, o
     return;
   }
   const clusterSize = target.image.clusterSize;
-  const chunkSize = Math.max(CHUNK, clusterSize);
   const total = source.size;
   const sparse = options.sparseSize ?? 4096;
   // -S 0 (without -c): every cluster is written, zeros included, so the whole disk is read.
@@ -50,14 +52,30 @@ export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, o
   const ranges = everything ? wholeDevice(total) : alignedDataRanges(source, clusterSize);
   const granularity = zeroGranularity(target);
   const blockSize = Math.ceil(Math.max(sparse, 1) / granularity) * granularity;
-  await readAhead(source, ranges, chunkSize, READ_DEPTH, async (chunk, pos) => {
-    let written = chunk.length;
-    if (everything) await target.write(chunk, pos);
-    else if (options.compress === undefined) written = await writeNonZeroBlocks(target, chunk, pos, blockSize);
-    else written = await writeCompressedClusters(target, chunk, pos, clusterSize, options.compress);
-    await options.rateLimiter?.take(written);
-    options.onProgress?.(pos + chunk.length, total);
-  });
+  // Chunks hold whole clusters and whole -S blocks (ranges start on cluster boundaries).
+  const unit = Math.max(clusterSize, blockSize);
+  const pipeline = {
+    chunkSize: Math.ceil(COPY_CHUNK / unit) * unit,
+    depth: options.parallel ?? DEFAULT_COPY_DEPTH,
+    outOfOrder: options.outOfOrder ?? false,
+  };
+  const compress = options.compress;
+  await copyPipeline(
+    source,
+    ranges,
+    pipeline,
+    // Compression starts as soon as a chunk is read, several chunks at once (the compressor bounds its own
+    // threads); the streams are stored in guest order, so the output does not depend on timing.
+    (chunk) => (compress === undefined ? undefined : compressClusters(chunk, clusterSize, compress)),
+    async (compressed, chunk, pos) => {
+      let written = chunk.length;
+      if (everything) await target.write(chunk, pos);
+      else if (compressed === undefined) written = await writeNonZeroBlocks(target, chunk, pos, blockSize);
+      else written = await storeClusters(target, pos, compressed);
+      await options.rateLimiter?.take(written);
+      options.onProgress?.(pos + chunk.length, total);
+    },
+  );
   await target.flush();
   options.onProgress?.(total, total);
 }
@@ -95,23 +113,36 @@ async function writeNonZeroBlocks(target: Qcow2Device, chunk: Uint8Array, offset
   return written;
 }
 
-async function writeCompressedClusters(target: Qcow2Device, chunk: Uint8Array, offset: number, clusterSize: number, compress: ClusterCompressor): Promise<number> {
-  // Compress every cluster of the chunk at once (a pooled compressor runs them in parallel), then store in order.
-  const clusters: Array<{ at: number; data: Uint8Array }> = [];
+/** A non-zero cluster of a chunk and what to store for it: its compressed stream, or undefined (stored as is). */
+interface CompressedCluster {
+  at: number;
+  data: Uint8Array;
+  stored: Uint8Array | undefined;
+}
+
+/** Compresses the non-zero clusters of `chunk` (all at once: the compressor spreads them over its threads). */
+async function compressClusters(chunk: Uint8Array, clusterSize: number, compress: ClusterCompressor): Promise<CompressedCluster[]> {
+  const clusters: CompressedCluster[] = [];
   for (let pos = 0; pos < chunk.length; pos += clusterSize) {
     const data = chunk.subarray(pos, pos + clusterSize);
-    if (!isZero(data)) clusters.push({ at: pos, data });
+    if (!isZero(data)) clusters.push({ at: pos, data, stored: undefined });
   }
   // The short last cluster of a disk is compressed too, padded with the zeros it reads as (as qemu does).
-  const compressed = await Promise.all(clusters.map(({ data }) => compress(data.length === clusterSize ? data : padded(data, clusterSize))));
-  for (let i = 0; i < clusters.length; i++) {
-    const { at, data } = clusters[i]!;
-    const stored = compressed[i];
-    // A cluster that does not shrink is stored uncompressed, as qemu does.
+  const inputs = clusters.map(({ data }) => (data.length === clusterSize ? data : padded(data, clusterSize)));
+  const streams = compress.many !== undefined ? await compress.many(inputs) : await Promise.all(inputs.map((input) => compress(input)));
+  streams.forEach((stored, i) => (clusters[i]!.stored = stored));
+  return clusters;
+}
+
+/** Stores the clusters of one chunk in order: compressed streams, or the data when it did not shrink (as qemu). */
+async function storeClusters(target: Qcow2Device, offset: number, clusters: CompressedCluster[]): Promise<number> {
+  let written = 0;
+  for (const { at, data, stored } of clusters) {
     if (stored === undefined) await target.write(data, offset + at);
     else await target.writeCompressed(offset + at, stored);
+    written += data.length;
   }
-  return clusters.reduce((sum, { data }) => sum + data.length, 0);
+  return written;
 }
 
 /**
@@ -120,7 +151,7 @@ async function writeCompressedClusters(target: Qcow2Device, chunk: Uint8Array, o
  */
 async function convertOverBacking(source: BlockDevice, target: Qcow2Device, backing: BlockDevice, options: ConvertToQcow2Options): Promise<void> {
   const clusterSize = target.image.clusterSize;
-  const chunkSize = Math.max(CHUNK, clusterSize);
+  const chunkSize = Math.ceil(COPY_CHUNK / clusterSize) * clusterSize;
   const total = source.size;
   const sourceChunk = new Uint8Array(chunkSize);
   const backingChunk = new Uint8Array(chunkSize);

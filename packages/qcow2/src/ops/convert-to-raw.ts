@@ -1,7 +1,7 @@
 import type { BlockDevice } from '../device/block-device.js';
 import type { Storage } from '../io/storage.js';
 import { walkExtents } from './extent-walk.js';
-import { readAhead } from './read-ahead.js';
+import { COPY_CHUNK, DEFAULT_COPY_DEPTH, copyPipeline } from './copy-pipeline.js';
 import type { RateLimiter } from './rate-limiter.js';
 import { isZero } from './zero-detect.js';
 
@@ -15,16 +15,16 @@ export interface ConvertToRawOptions {
   keepTarget?: boolean;
   /** convert -r: bytes written per second. */
   rateLimiter?: RateLimiter;
+  /** Requests in flight (qemu-img -m, default 8). */
+  parallel?: number;
+  /** Write chunks as they are read rather than in guest order (qemu-img -W). */
+  outOfOrder?: boolean;
 }
-
-const CHUNK = 4 * 1024 * 1024;
-/** Chunks read ahead while one is written. */
-const READ_DEPTH = 4;
 
 /**
  * Writes the guest contents of `source` into `target` as a raw image. The target is emptied and sized first, so
  * everything not written is a hole: only extents holding data are read at all, and zero runs inside them are
- * skipped too. Reads run ahead of the writes (see readAhead).
+ * skipped too. Reads run ahead of the writes (see copyPipeline).
  */
 export async function convertToRaw(source: BlockDevice, target: Storage, options: ConvertToRawOptions = {}): Promise<void> {
   const total = source.size;
@@ -62,7 +62,10 @@ export async function copyGuestData(
       else options.onProgress?.(extent.offset + extent.length, total);
     }
   };
-  await readAhead(source, dataRanges(), CHUNK, READ_DEPTH, async (chunk, offset) => {
+  // Chunks hold whole -S blocks, so a zero run that long is never split between two chunks.
+  const chunkSize = sparse > COPY_CHUNK ? Math.ceil(COPY_CHUNK / sparse) * sparse : COPY_CHUNK;
+  const pipeline = { chunkSize, depth: options.parallel ?? DEFAULT_COPY_DEPTH, outOfOrder: options.outOfOrder ?? false };
+  await copyPipeline(source, dataRanges(), pipeline, () => undefined, async (_, chunk, offset) => {
     const written = await writeNonZeroRuns(target, chunk, offset, sparse);
     await options.rateLimiter?.take(written);
     options.onProgress?.(offset + chunk.length, total);
