@@ -41,13 +41,13 @@ export async function convertToRaw(source: BlockDevice, target: Storage, options
 
 /**
  * Copies the guest data of `source` into `target` at the same offsets, in increasing order: only extents holding
- * data are read (reads running ahead of the writes, see readAhead), and aligned zero runs of `sparseSize` inside
+ * data are read (reads running ahead of the writes, see copyPipeline), and aligned zero runs of `sparseSize` inside
  * them are left out. Progress is reported as the copy advances (not its end).
  */
 export async function copyGuestData(
   source: BlockDevice,
   target: Pick<Storage, 'write'>,
-  options: Pick<ConvertToRawOptions, 'sparseSize' | 'onProgress' | 'rateLimiter'>,
+  options: Pick<ConvertToRawOptions, 'sparseSize' | 'onProgress' | 'rateLimiter' | 'parallel' | 'outOfOrder'>,
 ): Promise<void> {
   const sparse = options.sparseSize ?? 4096;
   const total = source.size;
