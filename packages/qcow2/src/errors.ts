@@ -41,6 +41,7 @@ export type Qcow2ErrorCode =
   /** A VHDX image whose log must be replayed before it can be read (qemu refuses it read-only). */
   | 'LOG_REPLAY_NEEDED';
 
+/** The one error class of the engine: `code` says what went wrong (see {@link errorCodes}), `file` where; the message is qemu-like and says what to do when something can be done. */
 export class Qcow2Error extends Error {
   readonly code: Qcow2ErrorCode;
   /** The image (or other file) the problem was found in, when there is one. */
@@ -62,6 +63,7 @@ export class Qcow2Error extends Error {
   }
 }
 
+/** Whether `error` is a {@link Qcow2Error} (a type guard for catch blocks). */
 export function isQcow2Error(error: unknown): error is Qcow2Error {
   return error instanceof Qcow2Error;
 }

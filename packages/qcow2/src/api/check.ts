@@ -4,6 +4,7 @@ import { Qcow2Error } from '../errors.js';
 import type { Storage } from '../io/storage.js';
 import type { Host } from './host.js';
 
+/** Options of {@link check}. */
 export interface CheckOptions {
   /** Opens `source` when it is a name. */
   host?: Host;

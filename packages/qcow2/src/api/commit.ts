@@ -3,6 +3,7 @@ import { untrustedGate } from '../device/open-policy.js';
 import { commitImage, type CommitResult } from '../ops/commit.js';
 import type { Host } from './host.js';
 
+/** Options of {@link commit}. */
 export interface CommitOptions {
   /** Opens the image and its chain. */
   host: Host;

@@ -1,6 +1,7 @@
 import { compareDevices, type CompareResult } from '../ops/compare.js';
 import type { Image } from './image.js';
 
+/** Options of {@link compare}. */
 export interface CompareOptions {
   /** Sizes and allocation must match too (`qemu-img compare -s`). */
   strict?: boolean;

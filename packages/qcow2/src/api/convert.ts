@@ -10,6 +10,7 @@ import type { Image } from './image.js';
 import { open } from './open.js';
 import { portableCompressor } from './portable-compressor.js';
 
+/** Options of {@link convert}: the target format, and for qcow2 targets the options of `qemu-img create`. */
 export interface ConvertOptions extends Omit<CreateQcow2Options, 'size' | 'backingFile' | 'backingFormat'> {
   /** Where the target is created; defaults to the source's host. */
   host?: Host;

@@ -2,6 +2,7 @@ import { snapshotInfos, type SnapshotInfo } from '../ops/image-info.js';
 import type { Image } from './image.js';
 import { writableQcow2 } from './snapshot-device.js';
 
+/** Options of {@link createSnapshot}. */
 export interface CreateSnapshotOptions {
   /** The snapshot's name (ids are numbered by the engine, as qemu does). */
   name: string;

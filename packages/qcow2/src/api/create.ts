@@ -5,6 +5,7 @@ import type { Host } from './host.js';
 import type { Image } from './image.js';
 import { open } from './open.js';
 
+/** Options of {@link create}: the size, the format, and for qcow2 the options of `qemu-img create -o`. */
 export interface CreateOptions extends Omit<CreateQcow2Options, 'size'> {
   /** Where the file is created. */
   host: Host;

@@ -1,6 +1,7 @@
 import { backingChain, imageInfo, type ImageInfo } from '../ops/image-info.js';
 import type { Image } from './image.js';
 
+/** Options of {@link info}. */
 export interface InfoOptions {
   /** Also describe each backing file, top first (`qemu-img info --backing-chain`). */
   backingChain?: boolean;

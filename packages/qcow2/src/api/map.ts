@@ -1,6 +1,7 @@
 import { mapImage, type MapEntry } from '../ops/map.js';
 import type { Image } from './image.js';
 
+/** Options of {@link map}: the guest range to map. */
 export interface MapOptions {
   /** First guest byte (default 0). */
   offset?: number;

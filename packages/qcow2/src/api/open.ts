@@ -7,6 +7,7 @@ import type { Storage } from '../io/storage.js';
 import type { Host } from './host.js';
 import { Image } from './image.js';
 
+/** Options of {@link open}. */
 export interface OpenOptions {
   /** Where files come from; required when `source` is a name, and to reach backing files. */
   host?: Host;

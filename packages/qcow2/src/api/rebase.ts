@@ -3,6 +3,7 @@ import { untrustedGate } from '../device/open-policy.js';
 import { rebaseImage, type RebaseResult } from '../ops/rebase.js';
 import type { Host } from './host.js';
 
+/** Options of {@link rebase}. */
 export interface RebaseOptions {
   /** Opens the image and both chains. */
   host: Host;

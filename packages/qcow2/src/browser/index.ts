@@ -22,6 +22,7 @@ export interface NamedBlob extends Blob {
   readonly name: string;
 }
 
+/** Options of {@link browserHost}. */
 export interface BrowserHostOptions {
   /** The files the user picked: the image and its backing files (an `<input type=file multiple>`'s `files`). */
   files?: Iterable<NamedBlob> | ArrayLike<NamedBlob>;

@@ -4,6 +4,7 @@
  */
 export type ExtentKind = 'data' | 'zero' | 'unallocated';
 
+/** One run of a guest range with the same answer to "what is here?" (block status). */
 export interface Extent {
   offset: number;
   length: number;
@@ -24,6 +25,7 @@ export interface Extent {
   zeroData?: boolean;
 }
 
+/** The image formats the engine opens. */
 export type ImageFormat = 'raw' | 'qcow2' | 'vpc' | 'vmdk' | 'vhdx';
 
 /**
@@ -36,6 +38,7 @@ export interface ImageDetails {
   formatSpecific?: { type: string; data: Record<string, unknown> };
 }
 
+/** A disk as every generic operation sees it: read, size, extents and the layer below; raw files, qcow2 images and chains of them. */
 export interface BlockDevice {
   /** The file name as given by the user (or as stored in the overlay for backing files). */
   readonly filename: string;
@@ -86,6 +89,7 @@ export interface WritableBlockDevice extends BlockDevice {
   flush(): Promise<void>;
 }
 
+/** Whether a device can be written (the top of a chain opened writable). */
 export function isWritable(device: BlockDevice): device is WritableBlockDevice {
   return typeof (device as Partial<WritableBlockDevice>).write === 'function';
 }

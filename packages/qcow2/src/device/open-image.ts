@@ -11,6 +11,7 @@ import { combinePath } from './paths.js';
 import { Qcow2Device } from './qcow2-device.js';
 import { RawDevice } from './raw-device.js';
 
+/** Options of openImage: the host files, the format, the reference gate, writability and cache mode. */
 export interface OpenImageOptions {
   hostFiles: HostFiles;
   /** The image's format; probed from its first bytes when absent (as qemu-img does for the top image). */

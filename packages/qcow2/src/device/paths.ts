@@ -7,6 +7,7 @@ export function isAbsolutePath(name: string): boolean {
   return name.startsWith('/');
 }
 
+/** Resolves `reference` (a backing or data file name) against the image named `imageName`, as qemu does. */
 export function combinePath(imageName: string, reference: string): string {
   if (isAbsolutePath(reference) || reference.includes('://')) return reference;
   const slash = imageName.lastIndexOf('/');

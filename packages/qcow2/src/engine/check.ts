@@ -37,6 +37,7 @@ export interface CheckMessage {
   text: string;
 }
 
+/** What a check message is about (refcounts, L1/L2 tables, snapshots, bitmaps, a repair). */
 export type CheckProblemKind =
   /** A cluster's refcount is higher than its references ("Leaked cluster"). */
   | 'leak'
@@ -57,6 +58,7 @@ export type CheckProblemKind =
   /** Progress of a repair: "Rebuilding refcount structure" and qemu's refusals. */
   | 'repair';
 
+/** A check's findings, in qemu-img check's terms (corruptions, leaks, check errors, cluster counts). */
 export interface CheckReport {
   /** The image's name (its storage name). */
   filename: string;
@@ -83,6 +85,7 @@ export interface CheckReport {
   failure: string | undefined;
 }
 
+/** Options of a check or repair: a message callback and the bound on host clusters counted. */
 export interface CheckOptions {
   /** Called with each message as it is found (the report keeps them all as well). */
   onMessage?: (message: CheckMessage) => void;

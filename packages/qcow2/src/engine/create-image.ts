@@ -16,6 +16,7 @@ import type { Storage } from '../io/storage.js';
 import { layoutOf } from './image-layout.js';
 import { Refcounts } from './refcounts.js';
 
+/** qemu-img create's preallocation modes. */
 export type Preallocation = 'off' | 'metadata' | 'falloc' | 'full';
 
 /** qemu-img create -f qcow2's options, in the engine's words. */

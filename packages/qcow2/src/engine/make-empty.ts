@@ -8,6 +8,7 @@ import type { Qcow2Image } from './qcow2-image.js';
 const HEADER_AUTOCLEAR = 88;
 const SECTOR = 512;
 
+/** What makeEmpty did to an image (the clusters it dropped). */
 export interface MakeEmptyResult {
   /** L2 tables dropped from the active L1 table. */
   l2Tables: number;

@@ -19,6 +19,7 @@ import { SegmentKind, type Segment } from './segments.js';
 import { loadSnapshotTable } from './snapshot-loader.js';
 import { portableCodecs } from './portable-codecs.js';
 
+/** Options of Qcow2Image.open: codecs, L2 cache bound, and how to reach an external data file. */
 export interface Qcow2ImageOptions {
   /** Decompressors; defaults to the portable ones. */
   codecs?: CompressionCodecs;

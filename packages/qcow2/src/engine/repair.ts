@@ -22,6 +22,7 @@ import { Refcounts } from './refcounts.js';
  */
 export type RepairMode = 'leaks' | 'all';
 
+/** What a repair found and fixed, and the check run after it. */
 export interface RepairReport {
   /**
    * The pass that repaired (qemu's first pass): what it found, what it fixed (leaksFixed, corruptionsFixed) and

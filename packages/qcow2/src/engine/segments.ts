@@ -14,6 +14,7 @@ export const SegmentKind = {
 } as const;
 export type SegmentKind = (typeof SegmentKind)[keyof typeof SegmentKind];
 
+/** One run of guest range in one image layer, with where its bytes are (the engine-level block status). */
 export interface Segment {
   guestOffset: number;
   length: number;

@@ -250,6 +250,7 @@ function nextSnapshotId(entries: readonly SnapshotEntry[]): string {
   return String(max + 1);
 }
 
+/** A new internal snapshot's name, date and VM clock. */
 export interface CreateSnapshotOptions {
   name: string;
   /** Seconds and nanoseconds since the epoch (default: now). */

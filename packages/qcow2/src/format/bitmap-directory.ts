@@ -33,13 +33,18 @@ export type BitmapFlag = (typeof BitmapFlag)[keyof typeof BitmapFlag];
 
 /** qemu's bitmap entry constraints (BME_* in qcow2-bitmap.c). */
 export const BITMAP_MAX_TABLE_SIZE = 0x8000000;
+/** qemu's limit on the size of a bitmap's data, in bytes (BME_MAX_PHYS_SIZE). */
 export const BITMAP_MAX_PHYS_SIZE = 0x20000000;
+/** Smallest bitmap granularity qemu accepts, as a power of two (512 bytes). */
 export const BITMAP_MIN_GRANULARITY_BITS = 9;
+/** Largest bitmap granularity qemu accepts, as a power of two (2 GiB). */
 export const BITMAP_MAX_GRANULARITY_BITS = 31;
+/** Longest bitmap name qemu accepts, in bytes. */
 export const BITMAP_MAX_NAME_SIZE = 1023;
 /** Flags qemu 7.2 refuses (everything but in_use and auto; it does not implement extra_data_compatible). */
 export const QEMU_RESERVED_BITMAP_FLAGS = 0xfffffffc;
 
+/** One persistent dirty bitmap, as its bitmap directory entry stores it. */
 export interface BitmapDirectoryEntry {
   bitmapTableOffset: number;
   /** Entries (u64) in the bitmap table. */
@@ -68,6 +73,7 @@ function directoryError(message: string): Qcow2Error {
   return new Qcow2Error('BAD_BITMAP_DIRECTORY', message);
 }
 
+/** Whether bit `flag` (a {@link BitmapFlag}) is set in a directory entry's flags. */
 export function hasBitmapFlag(flags: number, flag: BitmapFlag): boolean {
   return ((flags >>> flag) & 1) === 1;
 }
@@ -107,6 +113,7 @@ export function checkBitmapsExtension(ext: BitmapsExtensionFields, clusterSize: 
   }
 }
 
+/** Bounds the bitmap directory decoder checks entries against. */
 export interface DecodeBitmapDirectoryOptions {
   /**
    * Called on each entry as soon as it is decoded, before the next one is looked at, so a policy (such as
@@ -153,6 +160,7 @@ export function decodeBitmapDirectory(bytes: Uint8Array, nbBitmaps: number, opti
   return entries;
 }
 
+/** Encodes bitmap directory entries, each padded to 8 bytes as the specification requires. */
 export function encodeBitmapDirectory(entries: BitmapDirectoryEntry[]): Uint8Array {
   const names = entries.map((e) => textEncoder.encode(e.name));
   let total = 0;

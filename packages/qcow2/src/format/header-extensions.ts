@@ -8,6 +8,7 @@ export interface HeaderExtension {
   data: Uint8Array;
 }
 
+/** One entry of the feature name table extension: a feature bit and its name. */
 export interface FeatureName {
   /** 0 incompatible, 1 compatible, 2 autoclear. */
   type: number;
@@ -15,6 +16,7 @@ export interface FeatureName {
   name: string;
 }
 
+/** The bitmaps header extension: where the bitmap directory is and how many bitmaps it holds. */
 export interface BitmapsExtension {
   nbBitmaps: number;
   bitmapDirectorySize: number;
@@ -45,6 +47,7 @@ export function decodeHeaderExtensions(cluster0: Uint8Array, start: number, end 
   return extensions;
 }
 
+/** Encodes header extensions (each padded to 8 bytes) followed by the end marker. */
 export function encodeHeaderExtensions(extensions: HeaderExtension[]): Uint8Array {
   let total = 8; // end marker
   for (const ext of extensions) total += 8 + ((ext.data.length + 7) & ~7);
@@ -60,6 +63,7 @@ export function encodeHeaderExtensions(extensions: HeaderExtension[]): Uint8Arra
   return out; // the trailing 8 zero bytes are the end marker
 }
 
+/** The first header extension of a type, if any. */
 export function findExtension(extensions: HeaderExtension[], type: number): HeaderExtension | undefined {
   return extensions.find((e) => e.type === type);
 }
@@ -72,14 +76,17 @@ function extensionString(extensions: HeaderExtension[], type: number): string | 
   return textDecoder.decode(nul === -1 ? ext.data : ext.data.subarray(0, nul));
 }
 
+/** The backing format named by the header extensions, if any. */
 export function backingFormatOf(extensions: HeaderExtension[]): string | undefined {
   return extensionString(extensions, HeaderExtensionType.BackingFormat);
 }
 
+/** The external data file name stored in the header extensions, if any. */
 export function dataFileNameOf(extensions: HeaderExtension[]): string | undefined {
   return extensionString(extensions, HeaderExtensionType.ExternalDataFile);
 }
 
+/** The feature name table stored in the header extensions. */
 export function featureNamesOf(extensions: HeaderExtension[]): FeatureName[] {
   const ext = findExtension(extensions, HeaderExtensionType.FeatureNameTable);
   if (ext === undefined) return [];
@@ -92,6 +99,7 @@ export function featureNamesOf(extensions: HeaderExtension[]): FeatureName[] {
   return names;
 }
 
+/** The decoded bitmaps extension, if the header has one. */
 export function bitmapsExtensionOf(extensions: HeaderExtension[]): BitmapsExtension | undefined {
   const ext = findExtension(extensions, HeaderExtensionType.Bitmaps);
   if (ext === undefined) return undefined;
@@ -104,10 +112,12 @@ export function bitmapsExtensionOf(extensions: HeaderExtension[]): BitmapsExtens
   };
 }
 
+/** A header extension holding a string (backing format, data file name). */
 export function encodeStringExtension(type: number, value: string): HeaderExtension {
   return { type, data: new TextEncoder().encode(value) };
 }
 
+/** Encodes a bitmaps extension. */
 export function encodeBitmapsExtension(value: BitmapsExtension): HeaderExtension {
   const data = new Uint8Array(24);
   const view = viewOf(data);

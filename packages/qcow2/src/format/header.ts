@@ -38,6 +38,7 @@ const v3TailLayout = {
 /** Bytes to read before the cluster size is known. */
 export const HEADER_PROBE_BYTES = structSize(v3TailLayout);
 
+/** The qcow2 header (version 2 or 3) with its extensions, as decoded. */
 export interface Qcow2Header {
   version: 2 | 3;
   backingFileOffset: number;
@@ -66,6 +67,7 @@ export interface Qcow2Header {
   backingFile: string | undefined;
 }
 
+/** Whether bit `bit` is set in a 64-bit feature word. */
 export function hasBit(word: bigint, bit: number): boolean {
   return ((word >> BigInt(bit)) & 1n) === 1n;
 }

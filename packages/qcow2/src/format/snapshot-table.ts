@@ -19,6 +19,7 @@ export const SNAPSHOT_ENTRY_FIXED_BYTES = structSize(entryLayout);
 /** Extra data qemu (since 5.2 with icount, 16 bytes before) writes: vm_state_size_large, disk_size, icount. */
 export const SNAPSHOT_EXTRA_DATA_BYTES = 24;
 
+/** One internal snapshot as the snapshot table stores it (its L1 table, id, name, dates, VM state size, extra data). */
 export interface SnapshotEntry {
   l1TableOffset: number;
   l1Size: number;

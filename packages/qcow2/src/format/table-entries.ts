@@ -13,23 +13,28 @@ export const COMPRESSED_HI = 0x40000000;
 /** Standard L2 entry bit 0: reads as zeros (v3). */
 export const ZERO_LO = 1;
 
+/** The host offset an L1 or L2 entry word points at. */
 export function entryHostOffset(hi: number, lo: number): number {
   return (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
 }
 
+/** Encodes a host offset into an L1/L2 entry word. */
 export function encodeHostOffset(hostOffset: number): { hi: number; lo: number } {
   return { hi: Math.floor(hostOffset / TWO_32) & 0x00ffffff, lo: (hostOffset >>> 0) & 0xfffffe00 };
 }
 
+/** A decoded L1 entry: the L2 table offset and the COPIED flag. */
 export interface L1Entry {
   l2Offset: number;
   copied: boolean;
 }
 
+/** Decodes an L1 entry from its two 32-bit halves. */
 export function decodeL1Entry(hi: number, lo: number): L1Entry {
   return { l2Offset: entryHostOffset(hi, lo), copied: (hi & COPIED_HI) !== 0 };
 }
 
+/** Encodes an L1 entry. */
 export function encodeL1Entry(entry: L1Entry): { hi: number; lo: number } {
   const { hi, lo } = encodeHostOffset(entry.l2Offset);
   return { hi: (hi | (entry.copied ? COPIED_HI : 0)) >>> 0, lo: lo >>> 0 };
@@ -40,6 +45,7 @@ export function l1ReservedBits(hi: number, lo: number): boolean {
   return (lo & 0x1fe) !== 0 || (hi & 0x7f000000) !== 0;
 }
 
+/** A decoded L2 entry: normal, zero or compressed, with host offset and flags. */
 export type L2Entry =
   | { kind: 'unallocated' }
   /** Zero flag set; hostOffset 0 = plain zero cluster, otherwise a preallocated cluster that reads as zeros. */
@@ -63,6 +69,7 @@ export function decodeL2Entry(hi: number, lo: number, clusterBits: number, exten
   return { kind: 'normal', hostOffset, copied };
 }
 
+/** Encodes an L2 entry. */
 export function encodeL2Entry(entry: L2Entry, clusterBits: number): { hi: number; lo: number } {
   switch (entry.kind) {
     case 'unallocated':
@@ -99,6 +106,7 @@ export function decodeCompressedDescriptor(hi: number, lo: number, clusterBits: 
   return { hostOffset, additionalSectors };
 }
 
+/** Encodes the compressed cluster descriptor (host offset and sector count) of an L2 entry. */
 export function encodeCompressedDescriptor(hostOffset: number, additionalSectors: number, clusterBits: number): { hi: number; lo: number } {
   const offsetBitsInHi = 62 - (clusterBits - 8) - 32;
   const maxSectors = 2 ** (clusterBits - 8) - 1;
@@ -122,6 +130,7 @@ export interface SubclusterBitmap {
   zero: number;
 }
 
+/** Decodes the subcluster allocation bitmap of an extended L2 entry. */
 export function decodeSubclusterBitmap(hi: number, lo: number): SubclusterBitmap {
   return { allocated: lo >>> 0, zero: hi >>> 0 };
 }

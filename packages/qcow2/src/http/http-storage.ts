@@ -3,6 +3,7 @@ import type { Storage } from '../io/storage.js';
 import { BlockCache } from './block-cache.js';
 import { fetchWithRetries, type FetchPolicy } from './fetch-retry.js';
 
+/** How an {@link HttpStorage} fetches: timeouts, retries, headers, and its cache. */
 export interface HttpStorageOptions extends Partial<FetchPolicy> {
   /** Small reads are served from cached blocks of this size (default 64 KiB: one L2 table, one cluster). */
   blockSize?: number;

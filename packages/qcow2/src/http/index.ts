@@ -13,6 +13,7 @@ export { HttpStorage, type HttpStorageOptions } from './http-storage.js';
 export type { FetchPolicy } from './fetch-retry.js';
 export { httpHostFiles, isHttpUrl } from './http-host-files.js';
 
+/** Options of {@link httpHost}. */
 export interface HttpHostOptions extends HttpStorageOptions {
   /** Where the zstd WebAssembly module is (needed in browsers for zstd-compressed clusters). */
   zstdWasm?: ZstdWasmSource;

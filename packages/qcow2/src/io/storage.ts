@@ -29,6 +29,7 @@ export interface Storage {
   dataRegions?(offset: number, length: number): Promise<StorageRegion[]>;
 }
 
+/** A run of a storage's bytes that is either data or a hole (see `Storage.dataRegions`). */
 export interface StorageRegion {
   offset: number;
   length: number;

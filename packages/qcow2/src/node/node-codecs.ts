@@ -6,6 +6,7 @@ import { portableCodecs } from '../engine/portable-codecs.js';
 /** node:zlib's native inflate (several times faster than pure JS); zstd stays on the WASM build. */
 const inflateRawAsync = promisify(inflateRaw);
 
+/** Node's codecs: node:zlib for deflate (on the thread pool), the WASM build for zstd. */
 export const nodeCodecs: CompressionCodecs = {
   /**
    * On the thread pool, so the clusters of one read decompress in parallel. Sync flush: qemu's stream may stop

@@ -18,6 +18,7 @@ import { QCOW2_MAGIC } from '../format/constants.js';
 import type { Storage } from '../io/storage.js';
 import { fullBackingFilename } from './image-info.js';
 
+/** The kinds of chain problems. */
 export type ChainProblemCode =
   /** The backing file named cannot be found. */
   | 'BACKING_MISSING'
@@ -34,19 +35,23 @@ export type ChainProblemCode =
   /** The file looks like qcow2 but its header could not be read. */
   | 'UNREADABLE';
 
+/** Something wrong with an image of a chain tree (missing backing file, loop, size mismatch…). */
 export interface ChainProblem {
   code: ChainProblemCode;
   severity: 'error' | 'warning';
   message: string;
 }
 
+/** An internal snapshot listed in a chain tree. */
 export interface ChainSnapshot {
   id: string;
   name: string;
 }
 
+/** An image's place in a chain tree. */
 export type ChainRole = 'base' | 'overlay' | 'active' | 'standalone' | 'missing' | 'not-opened';
 
+/** One image of a chain tree, with its role, overlays and problems. */
 export interface ChainImage {
   /** The name the image was found under (listed), or its resolved name (named by another image). */
   filename: string;
@@ -74,12 +79,14 @@ export interface ChainImage {
   problems: ChainProblem[];
 }
 
+/** The backing relations among a set of images, as trees from their bases. */
 export interface ChainTree {
   images: ChainImage[];
   /** Identities of the images drawn at the top level: bases, images whose backing is missing, loops. */
   roots: string[];
 }
 
+/** Options of buildChainTree. */
 export interface ChainTreeOptions {
   /** Opens files read-only. A host should refuse anything that is not a regular file (FIFOs, devices). */
   hostFiles: HostFiles;

@@ -33,6 +33,7 @@ import { Qcow2Error } from '../errors.js';
 import type { Storage } from '../io/storage.js';
 import { walkExtents } from './extent-walk.js';
 
+/** Options of commitImage (qemu-img commit). */
 export interface CommitOptions {
   hostFiles: HostFiles;
   /** The top image's format (qemu-img commit -f); probed when absent. */
@@ -51,6 +52,7 @@ export interface CommitOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** What a commit wrote, and into which image. */
 export interface CommitResult {
   /** The image committed into, by the name its overlay resolves it to. */
   base: string;

@@ -2,6 +2,7 @@ import type { BlockDevice, Extent } from '../device/block-device.js';
 import { walkExtents } from './extent-walk.js';
 import { firstDifference, firstNonZero } from './zero-detect.js';
 
+/** Whether two devices read the same, and where and why not. */
 export type CompareResult =
   /** sizeMismatch: the sizes differ (qemu's warning), reported once the common part compared equal. */
   | { identical: true; sizeMismatch: boolean }
@@ -9,6 +10,7 @@ export type CompareResult =
   | { identical: false; reason: 'size' }
   | { identical: false; reason: 'allocation'; offset: number };
 
+/** Options of compareDevices (qemu-img compare). */
 export interface CompareOptions {
   /** qemu-img compare -s: sizes and allocation state must match too. */
   strict?: boolean;

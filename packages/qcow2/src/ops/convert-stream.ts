@@ -22,6 +22,7 @@ export interface ByteSink {
   write(bytes: Uint8Array): Promise<void>;
 }
 
+/** Options of a conversion written to a stream. */
 export interface ConvertStreamOptions {
   /** The new image's qcow2 options (cluster size, refcount width, compat, extended L2, compression type…). */
   image?: Omit<CreateQcow2Options, 'size' | 'backingFile' | 'backingFormat' | 'dataFile' | 'dataFileRaw'>;

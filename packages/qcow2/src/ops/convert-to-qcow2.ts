@@ -11,6 +11,7 @@ export type ClusterCompressor = ((cluster: Uint8Array) => Promise<Uint8Array | u
   many?: (clusters: Uint8Array[]) => Promise<Array<Uint8Array | undefined>>;
 };
 
+/** Options of convertToQcow2: compression, backing file, progress. */
 export interface ConvertToQcow2Options {
   /** Write compressed clusters (qemu-img convert -c) with this compressor. */
   compress?: ClusterCompressor;

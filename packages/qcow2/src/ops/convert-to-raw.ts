@@ -5,6 +5,7 @@ import { COPY_CHUNK, DEFAULT_COPY_DEPTH, copyPipeline } from './copy-pipeline.js
 import type { RateLimiter } from './rate-limiter.js';
 import { isZero } from './zero-detect.js';
 
+/** Options of convertToRaw: sparseness, progress, flush. */
 export interface ConvertToRawOptions {
   /** Zero runs at least this long (and aligned to it) are left as holes; qemu-img's -S, default 4 KiB. 0 = write every byte. */
   sparseSize?: number;

@@ -11,6 +11,7 @@ export interface DdOptions {
   skip?: number;
 }
 
+/** A qemu-img dd job's ranges, from its operands. */
 export interface DdPlan {
   /** First input byte copied. */
   inputOffset: number;

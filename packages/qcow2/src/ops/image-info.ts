@@ -43,8 +43,10 @@ export interface SnapshotInfo {
   'vm-state-size': number;
 }
 
+/** Bitmap flags as qemu-img info names them. */
 export type BitmapInfoFlag = 'in-use' | 'auto';
 
+/** One persistent bitmap, as qemu-img info lists it. */
 export interface BitmapInfo {
   flags: BitmapInfoFlag[];
   name: string;
@@ -83,8 +85,10 @@ export interface VmdkSpecificInfo {
   extents: VmdkExtentInfo[];
 }
 
+/** qemu-img info's format-specific section. */
 export type FormatSpecificInfo = { type: 'qcow2'; data: Qcow2SpecificInfo } | { type: 'vmdk'; data: VmdkSpecificInfo };
 
+/** An image's `qemu-img info --output=json` object: qemu's keys, in qemu's order. */
 export interface ImageInfo {
   'backing-filename-format'?: string;
   snapshots?: SnapshotInfo[];
@@ -103,6 +107,7 @@ export interface ImageInfo {
   'dirty-flag': boolean;
 }
 
+/** Options of imageInfo. */
 export interface ImageInfoOptions {
   /** Told about conditions qemu-img reports on stderr without failing (e.g. bitmaps left inconsistent). */
   warn?: (message: string) => void;
@@ -365,6 +370,7 @@ export async function backingChain(device: BlockDevice, options: ImageInfoOption
 // ---------------------------------------------------------------------------------------------------------
 // Opening for info: metadata only
 
+/** Options of openImageForInfo. */
 export interface OpenForInfoOptions {
   hostFiles: HostFiles;
   /** The top image's format; probed when absent. Also used for backing files that do not name theirs, as qemu-img does. */

@@ -37,6 +37,7 @@ import { chainLayers } from './commit.js';
 import { walkExtents } from './extent-walk.js';
 import { isZero } from './zero-detect.js';
 
+/** Options of rebaseImage (qemu-img rebase). */
 export interface RebaseOptions {
   hostFiles: HostFiles;
   /** The image's format (qemu-img rebase -f); probed when absent. */
@@ -52,6 +53,7 @@ export interface RebaseOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** How much a rebase compared and copied. */
 export interface RebaseResult {
   /** Bytes read from both chains and compared. */
   comparedBytes: number;
@@ -110,6 +112,7 @@ async function* newChainRuns(
   if (pending !== undefined) yield pending;
 }
 
+/** Options of rebaseOnto. */
 export interface RebaseOntoOptions {
   /** The overlay's cluster size: the unit written when any byte of it differs. */
   clusterSize: number;

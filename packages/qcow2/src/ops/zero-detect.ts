@@ -9,6 +9,7 @@ interface NativeCompare {
 const nativeBuffer = (globalThis as { Buffer?: NativeCompare }).Buffer;
 let zeros = new Uint8Array(0);
 
+/** Whether every byte of `bytes` is zero (a native memcmp where Node's Buffer exists). */
 export function isZero(bytes: Uint8Array): boolean {
   if (nativeBuffer !== undefined && bytes.length >= 64) {
     if (zeros.length < bytes.length) zeros = new Uint8Array(Math.max(bytes.length, 65536));
