@@ -1,12 +1,13 @@
 import { Command, CommanderError } from 'commander';
 import { registerCommandsFor } from './commands/catalog.js';
 import { reportError } from './output/errors.js';
+import { cliVersion } from './output/version.js';
 
 /** qcowkit: qemu-img's subcommands, flags, exit codes and JSON output, on the @qcowkit/qcow2 engine. */
 export async function buildProgram(commandName?: string): Promise<Command> {
   const program = new Command('qcowkit')
     .description('Inspect, convert and snapshot qcow2 disk images (qemu-img compatible)')
-    .version('0.1.0')
+    .version(cliVersion())
     .showHelpAfterError()
     .exitOverride();
   await registerCommandsFor(program, commandName);

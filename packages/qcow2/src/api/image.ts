@@ -1,3 +1,4 @@
+/// <reference lib="esnext.disposable" preserve="true" />
 import type { BlockDevice, Extent, ImageFormat } from '../device/block-device.js';
 import { isWritable } from '../device/block-device.js';
 import { Qcow2Device } from '../device/qcow2-device.js';

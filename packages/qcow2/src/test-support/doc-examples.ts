@@ -12,6 +12,8 @@ export interface DocExample {
   code: string;
   /** `console.log(…); // expected` comments, in order. */
   expected: string[];
+  /** Where it runs, from a Markdown marker `<!-- example browser -->`; absent: Node (or a shell). */
+  place?: string;
 }
 
 /** The ```ts blocks of `@example` tags in a TypeScript source file. */
@@ -25,9 +27,13 @@ export function examplesInSource(text: string, source: string): DocExample[] {
   return out;
 }
 
-/** The ```js / ```ts blocks of a Markdown file that follow a `<!-- example -->` marker. */
+/** The code blocks of a Markdown file that follow a `<!-- example -->` (or `<!-- example PLACE -->`) marker. */
 export function examplesInMarkdown(text: string, source: string): DocExample[] {
-  return [...text.matchAll(/<!-- example -->\s*```(?:js|ts)\n([\s\S]*?)```/g)].map((m) => example(m[1]!, source));
+  return [...text.matchAll(/<!-- example(?: (\w+))? -->\s*```\w*\n([\s\S]*?)```/g)].map((m) => {
+    const ex = example(m[2]!, source);
+    if (m[1] !== undefined) ex.place = m[1];
+    return ex;
+  });
 }
 
 function example(code: string, source: string): DocExample {

@@ -26,6 +26,13 @@ export interface RangeServer {
   close(): Promise<void>;
 }
 
+const TYPES: Record<string, string> = { html: 'text/html; charset=utf-8', js: 'text/javascript', wasm: 'application/wasm' };
+
+/** Pages and scripts as such (the README's browser example is served from here); anything else as bytes. */
+function contentType(path: string): string {
+  return TYPES[path.slice(path.lastIndexOf('.') + 1)] ?? 'application/octet-stream';
+}
+
 /** Serves the files under `root` with byte ranges, as a plain static web server (nginx, S3) does. */
 export async function startRangeServer(root: string, options: RangeServerOptions = {}): Promise<RangeServer> {
   let failuresLeft = options.failFirst ?? 0;
@@ -71,7 +78,7 @@ export async function startRangeServer(root: string, options: RangeServerOptions
     if (range !== undefined) state.ranges.push(range);
     if (options.ranges === false || match === null) {
       const accept = options.ranges === false ? {} : { 'Accept-Ranges': 'bytes' };
-      response.writeHead(200, { 'Content-Length': size, 'Content-Type': 'application/octet-stream', ...accept });
+      response.writeHead(200, { 'Content-Length': size, 'Content-Type': contentType(path), ...accept });
       send(path, 0, size - 1);
       return;
     }
