@@ -37,7 +37,7 @@ export type { ClusterCompressor } from './ops/convert-to-qcow2.js';
 export type { ZstdWasmSource } from './engine/portable-codecs.js';
 export type { MapEntry } from './ops/map.js';
 export type { CompareResult } from './ops/compare.js';
-export type { ImageInfo, SnapshotInfo, BitmapInfo, BitmapInfoFlag, Qcow2SpecificInfo, FormatSpecificInfo } from './ops/image-info.js';
+export type { ImageInfo, SnapshotInfo, BitmapInfo, BitmapInfoFlag, Qcow2SpecificInfo, FormatSpecificInfo, VmdkSpecificInfo, VmdkExtentInfo } from './ops/image-info.js';
 export type { CheckReport, CheckMessage, CheckProblemKind } from './engine/check.js';
 export type { RepairMode } from './engine/repair.js';
 export type { CommitResult } from './ops/commit.js';

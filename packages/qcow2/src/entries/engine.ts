@@ -46,6 +46,7 @@ export type { ImageDetails } from '../device/block-device.js';
 export { createImageSink, type NewImageOptions } from '../formats/create-image-sink.js';
 export { openFormatDevice } from '../formats/open-format.js';
 export { VpcDevice } from '../formats/vpc/vpc-device.js';
+export type { VhdFooter } from '../formats/vpc/footer.js';
 export { createVpc, vpcCreatedSize, type VpcCreateOptions } from '../formats/vpc/vpc-sink.js';
 export { vhdSizeFor, geometryFor, vhdVirtualSize, type ChsGeometry, type VhdSize } from '../formats/vpc/geometry.js';
 export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from '../ops/convert-to-qcow2.js';

@@ -42,6 +42,7 @@ const UNIQUE_ID_OFFSET = 68;
 const DATA_OFFSET_OFFSET = 16;
 const CHECKSUM_OFFSET = 64;
 
+/** The VHD footer (also the copy at the start of a dynamic disk): geometry, sizes, disk type, ids. */
 export interface VhdFooter {
   features: number;
   formatVersion: number;
