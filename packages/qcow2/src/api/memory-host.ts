@@ -13,7 +13,7 @@ export interface MemoryHost extends Host {
 }
 
 /** A Storage view of a shared MemoryStorage whose close() leaves the bytes in place (the host keeps them). */
-function keepOnClose(storage: MemoryStorage): Storage {
+export function keepOnClose(storage: MemoryStorage): Storage {
   return {
     name: storage.name,
     read: (buffer, offset) => storage.read(buffer, offset),

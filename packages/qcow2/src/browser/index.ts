@@ -4,6 +4,7 @@
  *
  * @packageDocumentation
  */
+import { keepOnClose } from '../api/memory-host.js';
 import { portableCompressor } from '../api/portable-compressor.js';
 import type { Host } from '../api/host.js';
 import type { HostFiles } from '../device/host-files.js';
@@ -12,7 +13,6 @@ import { Qcow2Error } from '../errors.js';
 import { httpHostFiles, isHttpUrl } from '../http/http-host-files.js';
 import type { HttpStorageOptions } from '../http/http-storage.js';
 import { MemoryStorage } from '../io/memory-storage.js';
-import type { Storage } from '../io/storage.js';
 import { BlobStorage } from './blob-storage.js';
 
 export { BlobStorage } from './blob-storage.js';
@@ -45,19 +45,6 @@ export interface BrowserHost extends Host {
 
 function baseName(name: string): string {
   return name.slice(name.lastIndexOf('/') + 1);
-}
-
-/** A Storage over a shared MemoryStorage whose close() keeps the bytes (the host holds them). */
-function kept(storage: MemoryStorage): Storage {
-  return {
-    name: storage.name,
-    read: (buffer, offset) => storage.read(buffer, offset),
-    write: (buffer, offset) => storage.write(buffer, offset),
-    size: () => storage.size(),
-    flush: () => storage.flush(),
-    truncate: (size) => storage.truncate(size),
-    close: async () => {},
-  };
 }
 
 /**
@@ -93,7 +80,7 @@ export function browserHost(options: BrowserHostOptions = {}): BrowserHost {
   const local: HostFiles = {
     async open(name, { writable }) {
       const memory = inMemory.get(name);
-      if (memory !== undefined) return kept(memory);
+      if (memory !== undefined) return keepOnClose(memory);
       const file = findPicked(name);
       if (file === undefined) {
         throw new Qcow2Error('IO_ERROR', `No such file: '${baseName(name)}' was not among the files chosen (pick it together with the image)`, { file: name });
@@ -101,12 +88,12 @@ export function browserHost(options: BrowserHostOptions = {}): BrowserHost {
       if (!writable) return new BlobStorage(file, name);
       const copy = new MemoryStorage(new Uint8Array(await file.arrayBuffer()), { name });
       inMemory.set(name, copy);
-      return kept(copy);
+      return keepOnClose(copy);
     },
     async create(name) {
       const storage = new MemoryStorage(new Uint8Array(0), { name });
       inMemory.set(name, storage);
-      return kept(storage);
+      return keepOnClose(storage);
     },
     async canonical(name) {
       return isHttpUrl(name) ? name : baseName(name);

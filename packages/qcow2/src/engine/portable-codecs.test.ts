@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../errors.js';
+import { qcow2Rejection } from '../test-support/qcow2-rejection.js';
 import { startRangeServer, type RangeServer } from '../test-support/range-server.js';
 import { portableCodecsWith } from './portable-codecs.js';
 
@@ -26,21 +26,12 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function failure(promise: Promise<unknown>): Promise<Qcow2Error> {
-  const error = await Promise.resolve(promise).then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(Qcow2Error);
-  return error as Qcow2Error;
-}
-
 describe('the zstd module given by location', () => {
   it('fails with CODEC_UNAVAILABLE, at once, when it is not served or is not WebAssembly; loads when it is', async () => {
-    const missing = await failure(Promise.resolve(portableCodecsWith({ zstdWasm: `${server.url}missing.wasm` }).zstdDecompress(frame, 4096)));
+    const missing = await qcow2Rejection(Promise.resolve(portableCodecsWith({ zstdWasm: `${server.url}missing.wasm` }).zstdDecompress(frame, 4096)));
     expect(missing.code).toBe('CODEC_UNAVAILABLE');
     expect(missing.message).toBe(`cannot load the zstd decoder: ${server.url}missing.wasm: HTTP 404`);
-    const html = await failure(Promise.resolve(portableCodecsWith({ zstdWasm: `${server.url}not-wasm.wasm` }).zstdDecompress(frame, 4096)));
+    const html = await qcow2Rejection(Promise.resolve(portableCodecsWith({ zstdWasm: `${server.url}not-wasm.wasm` }).zstdDecompress(frame, 4096)));
     expect(html.code).toBe('CODEC_UNAVAILABLE');
     expect(html.message).toMatch(/^cannot load the zstd decoder: not a WebAssembly module/);
     // After failures, the real bytes load (a failed load is not cached).

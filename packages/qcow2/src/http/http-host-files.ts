@@ -31,6 +31,12 @@ export function httpHostFiles(options: HttpStorageOptions = {}, otherwise?: Host
       }
     },
   };
-  if (otherwise?.create !== undefined) files.create = (name) => otherwise.create!(name);
+  if (otherwise?.create !== undefined) {
+    const create = otherwise.create.bind(otherwise);
+    files.create = async (name) => {
+      if (isHttpUrl(name)) throw new Qcow2Error('READ_ONLY', 'images are only read over HTTP, never written', { file: name });
+      return create(name);
+    };
+  }
   return files;
 }

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../errors.js';
+import { qcow2Rejection } from '../test-support/qcow2-rejection.js';
 import { startRangeServer, type RangeServer } from '../test-support/range-server.js';
 import { HttpStorage } from './http-storage.js';
 
@@ -23,15 +23,6 @@ async function withServer<T>(options: Parameters<typeof startRangeServer>[1], bo
   } finally {
     await server.close();
   }
-}
-
-async function rejection(promise: Promise<unknown>): Promise<Qcow2Error> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(Qcow2Error);
-  return error as Qcow2Error;
 }
 
 describe('HttpStorage', () => {
@@ -69,7 +60,7 @@ describe('HttpStorage', () => {
       expect(await storage.size()).toBe(FILE.length);
     });
     await withServer({ failFirst: 100 }, async (server) => {
-      const error = await rejection(HttpStorage.open(`${server.url}file.bin`, { retries: 2, retryDelayMs: 10 }));
+      const error = await qcow2Rejection(HttpStorage.open(`${server.url}file.bin`, { retries: 2, retryDelayMs: 10 }));
       expect(error.code).toBe('IO_ERROR');
       expect(error.message).toBe('HTTP 503 Service Unavailable (3 attempts)');
       expect(server.requests).toBe(3);
@@ -78,7 +69,7 @@ describe('HttpStorage', () => {
 
   it('gives up with TIMEOUT when the server does not answer in time', async () => {
     await withServer({ delayMs: 1000 }, async (server) => {
-      const error = await rejection(HttpStorage.open(`${server.url}file.bin`, { timeoutMs: 100, retries: 1, retryDelayMs: 10 }));
+      const error = await qcow2Rejection(HttpStorage.open(`${server.url}file.bin`, { timeoutMs: 100, retries: 1, retryDelayMs: 10 }));
       expect(error.code).toBe('TIMEOUT');
       expect(error.message).toBe('no answer within 100 ms (2 attempts)');
     });
@@ -86,12 +77,12 @@ describe('HttpStorage', () => {
 
   it('refuses a server that ignores Range, and reports a missing file', async () => {
     await withServer({ ranges: false }, async (server) => {
-      const error = await rejection(HttpStorage.open(`${server.url}file.bin`));
+      const error = await qcow2Rejection(HttpStorage.open(`${server.url}file.bin`));
       expect(error.code).toBe('RANGE_NOT_SUPPORTED');
       expect(server.requests).toBe(1);
     });
     await withServer({}, async (server) => {
-      const error = await rejection(HttpStorage.open(`${server.url}missing.bin`));
+      const error = await qcow2Rejection(HttpStorage.open(`${server.url}missing.bin`));
       expect([error.code, error.file]).toEqual(['IO_ERROR', `${server.url}missing.bin`]);
     });
   });
@@ -100,7 +91,7 @@ describe('HttpStorage', () => {
     await withServer({}, async (server) => {
       const storage = await HttpStorage.open(`${server.url}empty.bin`);
       expect(await storage.size()).toBe(0);
-      expect((await rejection(storage.write())).code).toBe('READ_ONLY');
+      expect((await qcow2Rejection(storage.write())).code).toBe('READ_ONLY');
     });
   });
 });
