@@ -24,6 +24,7 @@ export const COMMAND_LOADERS: ReadonlyArray<readonly [name: string, load: () => 
   ['check', async () => (await import('./check.js')).registerCheck],
   ['dd', async () => (await import('./dd.js')).registerDd],
   ['amend', async () => (await import('./amend.js')).registerAmend],
+  ['bitmap', async () => (await import('./bitmap.js')).registerBitmap],
   ['vm', async () => (await import('./vm.js')).registerVm],
   ['inspect', async () => (await import('./inspect.js')).registerInspect],
 ];

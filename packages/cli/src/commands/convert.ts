@@ -5,12 +5,13 @@ import { CommandError } from '../output/errors.js';
 import { parseImageOptions } from '../output/image-options.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
 import { convertCopySettings, salvaged, type ConvertCopyFlags, type ConvertCopySettings } from './convert-flags.js';
+import { checkBitmapCopy, copyBitmaps, type ConvertBitmapFlags } from './convert-bitmaps.js';
 import { PIPE, checkPipeOutput, convertToStdout, spoolStandardInput } from './convert-pipe.js';
 import { openForReading, parseFormatFlag, withDevice } from './open.js';
 import { convertIntoCloudFormat } from './convert-cloud.js';
 import { isCloudFormat } from '../output/cloud-image-options.js';
 
-interface ConvertFlags extends ProgressFlags, ConvertCopyFlags {
+interface ConvertFlags extends ProgressFlags, ConvertCopyFlags, ConvertBitmapFlags {
   format?: string;
   outputFormat?: string;
   options?: string;
@@ -107,6 +108,8 @@ export function registerConvert(program: Command): void {
     .option('--salvage', 'read unreadable parts of the source as zeros, with a warning for each sector, and go on')
     .option('-m, --parallel <num_coroutines>', 'requests in flight, 1 to 16 (default 8, as qemu-img)')
     .option('-W, --out-of-order', 'write chunks as soon as they are read, not in guest order (the output layout then varies)')
+    .option('--bitmaps', "copy the source's persistent dirty bitmaps (qcow2 to qcow2)")
+    .option('--skip-broken-bitmaps', 'with --bitmaps: skip bitmaps left inconsistent (in use) instead of failing')
     .option('-q, --quiet', 'quiet mode')
     .option('-t, --cache <mode>', "output cache mode: 'unsafe' (default, as qemu-img convert: no fsync) or writeback/writethrough/none/directsync (fsync at the end)", 'unsafe')
     .option('-T, --source-cache <mode>', 'source cache mode (accepted for compatibility; reads are always through the page cache)')
@@ -136,6 +139,13 @@ export function registerConvert(program: Command): void {
       throw error;
     }
     const source = opened.length === 1 ? opened[0]! : new ConcatDevice(opened);
+    try {
+      const v2 = outputFormat === 'qcow2' && !flags.noCreate && parseImageOptions(flags.options, 'qcow2').qcow2.compat === '0.10';
+      await checkBitmapCopy(flags, opened, { format: outputFormat, v2, toStdout });
+    } catch (error) {
+      await source.close();
+      throw error;
+    }
     await withDevice(source, async () => {
       const selector = snapshotSelector(flags);
       const view = salvaged(selector === undefined ? source : await snapshotView(source, selector, filename), flags);
@@ -147,6 +157,7 @@ export function registerConvert(program: Command): void {
         await convertToStdout(view, outputFormat, options, { sparseSize: settings.sparseSize, ...(compress === undefined ? {} : { compress }) }, progress.update);
       } else if (outputFormat === 'qcow2') {
         await convertIntoQcow2(view, outputFilename, flags, settings, progress.update);
+        if (flags.bitmaps) await copyBitmaps(source, outputFilename, flags.quiet === true);
       } else if (isCloudFormat(outputFormat)) {
         await convertIntoCloudFormat(view, outputFilename, outputFormat, { ...flags, settings, flush: cacheMode(flags) === 'writeback' }, progress.update);
       } else {

@@ -229,7 +229,7 @@ export class Qcow2Device implements BlockDevice {
   /** Closes the image and the chain below it; a snapshot view shares them, so close either, once. */
   async close(): Promise<void> {
     if (this.writer !== undefined) {
-      await this.writer.flush(this.cacheMode === 'writeback');
+      await this.writer.close(this.cacheMode === 'writeback');
       this.writer = undefined;
     }
     await this.image.close();

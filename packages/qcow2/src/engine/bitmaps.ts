@@ -134,6 +134,11 @@ export class BitmapEditor {
     return new BitmapEditor(image, refcounts, await loadBitmapState(image));
   }
 
+  /** False when the bitmaps extension is not vouched for (autoclear bit 0 clear): there is nothing to maintain. */
+  get consistent(): boolean {
+    return this.state.consistent;
+  }
+
   get bitmaps(): readonly BitmapDirectoryEntry[] {
     return this.state.entries;
   }
@@ -234,6 +239,50 @@ export class BitmapEditor {
     const tableOffset = await this.writeTable(newTable);
     const freed = await bitmapClusters(image, target);
     await this.commit(this.replace(target, { ...target, bitmapTableOffset: tableOffset }), freed);
+  }
+
+  /**
+   * Sets or clears the in-use flag of bitmaps `names` (one directory switch): a writer sets it before guest data
+   * first changes and clears it once the bitmaps are stored again, so a kill in between leaves them flagged
+   * inconsistent (qemu then refuses to use them) rather than wrong.
+   */
+  async setInUse(names: readonly string[], inUse: boolean): Promise<void> {
+    const bit = 1 << BitmapFlag.InUse;
+    await this.commit(
+      this.state.entries.map((e) => (names.includes(e.name) ? { ...e, flags: inUse ? e.flags | bit : e.flags & ~bit } : e)),
+      [],
+    );
+  }
+
+  /**
+   * Stores bits set in memory into in-use bitmaps and clears their in-use flag, in one switch: for each bitmap,
+   * `changes` maps a table index to a cluster of bits to OR in; each changed cluster is written anew (the
+   * unchanged ones stay shared with the old table, which alone is freed with the replaced clusters).
+   */
+  async storeChanges(changes: ReadonlyMap<string, ReadonlyMap<number, Uint8Array>>): Promise<void> {
+    const image = this.image;
+    const freed: Array<{ offset: number; count: number }> = [];
+    const entries: BitmapDirectoryEntry[] = [];
+    for (const entry of this.state.entries) {
+      const bits = changes.get(entry.name);
+      if (bits === undefined) {
+        entries.push(entry);
+        continue;
+      }
+      const table = await readBitmapTable(image, entry);
+      for (const [index, set] of bits) {
+        const old = table[index];
+        if (old === undefined) continue;
+        const data = await readBitmapCluster(image, old);
+        for (let i = 0; i < data.length; i++) data[i] = data[i]! | set[i]!;
+        table[index] = await this.storeCluster(data);
+        if (old.kind === 'data') freed.push({ offset: old.offset, count: 1 });
+      }
+      const tableOffset = await this.writeTable(table);
+      freed.push({ offset: entry.bitmapTableOffset, count: Math.ceil((entry.bitmapTableSize * 8) / image.clusterSize) });
+      entries.push({ ...entry, bitmapTableOffset: tableOffset, flags: entry.flags & ~(1 << BitmapFlag.InUse) });
+    }
+    await this.commit(entries, freed);
   }
 
   /** The bits of a usable bitmap as dirty guest ranges (a merge source, or convert --bitmaps). */

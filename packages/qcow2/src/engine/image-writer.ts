@@ -4,6 +4,7 @@ import { hasBit, setBit } from '../format/header.js';
 import { COMPRESSED_HI, COPIED_HI, ZERO_LO, decodeCompressedDescriptor, encodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
 import { viewOf, writeU64 } from '../format/struct.js';
 import type { Qcow2Image } from './qcow2-image.js';
+import { BitmapTracker } from './bitmap-tracker.js';
 import { Refcounts } from './refcounts.js';
 import { SegmentKind } from './segments.js';
 import { writeSubclusters, type SubclusterContext } from './subcluster-write.js';
@@ -29,6 +30,8 @@ export class Qcow2Writer {
   private firstWriteDone = false;
   /** Host bytes of the partly filled cluster that compressed clusters are packed into (qemu's free_byte_offset). */
   private compressedCursor = 0;
+  /** Keeps the image's persistent bitmaps true across guest writes (see bitmap-tracker.ts), when it has any. */
+  private bitmaps: BitmapTracker | undefined;
 
   private constructor(
     readonly image: Qcow2Image,
@@ -64,12 +67,18 @@ export class Qcow2Writer {
   }
 
   /**
-   * Autoclear bits promise things this engine does not maintain (persistent bitmaps tracking every write):
-   * clear them before the first write changes the disk, so qemu treats those bitmaps as inconsistent.
+   * Before the first write changes the disk: consistent persistent bitmaps are tracked (flagged in use now,
+   * stored on close). Bitmaps this engine cannot maintain (a directory it cannot read) get autoclear bit 0
+   * cleared instead, so qemu treats them as inconsistent.
    */
   private async beforeFirstWrite(): Promise<void> {
     if (this.firstWriteDone) return;
     this.firstWriteDone = true;
+    this.bitmaps = await BitmapTracker.attach(this.image, this.refcounts).catch(() => undefined);
+    if (this.bitmaps !== undefined) {
+      await this.bitmaps.beforeFirstChange();
+      return;
+    }
     const header = this.image.header;
     if (header.version === 3 && hasBit(header.autoclearFeatures, AutoclearFeature.Bitmaps)) {
       header.autoclearFeatures = setBit(header.autoclearFeatures, AutoclearFeature.Bitmaps, false);
@@ -86,6 +95,7 @@ export class Qcow2Writer {
       throw new Qcow2Error('OUT_OF_RANGE', `write [${offset}, ${offset + data.length}) outside the disk`, { file: this.image.name });
     }
     await this.beforeFirstWrite();
+    this.bitmaps?.changed(offset, data.length);
     const { l2Coverage } = this.image.layout;
     const end = offset + data.length;
     let pos = offset;
@@ -292,6 +302,7 @@ export class Qcow2Writer {
     if (this.image.layout.externalDataFile) throw new Qcow2Error('BAD_ARGUMENT', 'compressed clusters cannot be written to an image with an external data file');
     if (stored.length > clusterSize) throw new Qcow2Error('BAD_ARGUMENT', 'compressed cluster larger than a cluster');
     await this.beforeFirstWrite();
+    this.bitmaps?.changed(guestOffset, clusterSize);
     // The L2 table first (as qemu allocates it), so the file ends right after the last compressed sector.
     const l1Index = Math.floor(guestOffset / l2Coverage);
     const l2Offset = await this.l2ForWrite(l1Index);
@@ -382,6 +393,7 @@ export class Qcow2Writer {
     }
     if (length === 0) return;
     await this.beforeFirstWrite();
+    this.bitmaps?.changed(offset, length);
     const { clusterSize, subclusterSize, extendedL2, l2Coverage } = this.image.layout;
     // Zero writes work in subclusters with extended L2 (qemu sets zero bits); discards in whole clusters.
     const unit = extendedL2 && !options.discard ? subclusterSize : clusterSize;
@@ -517,6 +529,7 @@ export class Qcow2Writer {
       throw new Qcow2Error('BAD_ARGUMENT', 'The new size must be a multiple of 512', { file: this.image.name });
     }
     await this.beforeFirstWrite();
+    this.bitmaps?.abandon();
     const header = this.image.header;
     const { l2Coverage, clusterSize } = this.image.layout;
     const oldSize = header.size;
@@ -661,6 +674,13 @@ export class Qcow2Writer {
       await this.refcounts.free(cluster * this.clusterSize, count);
     }
     await this.refcounts.flush();
+  }
+
+  /** The end of writing: metadata written back, tracked bitmaps stored, then flush(durable). */
+  async close(durable = true): Promise<void> {
+    await this.writeBackMetadata();
+    await this.bitmaps?.store();
+    await this.flush(durable);
   }
 
   /** Metadata written back and, when `durable`, everything on stable storage (fsync). */

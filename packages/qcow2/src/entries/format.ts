@@ -11,4 +11,4 @@ export * from '../format/header-extensions.js';
 export * from '../format/table-entries.js';
 export { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from '../format/snapshot-table.js';
 export * from '../format/bitmap-directory.js';
-export type { BitmapTableEntry } from '../format/bitmap-table.js';
+export * from '../format/bitmap-table.js';
