@@ -45,6 +45,7 @@ export interface BitmapState {
   directorySize: number;
 }
 
+/** Reads the bitmaps extension and directory, checked as qemu checks them when it loads bitmaps. */
 export async function loadBitmapState(image: Qcow2Image): Promise<BitmapState> {
   const extension = findExtension(image.header.extensions, HeaderExtensionType.Bitmaps);
   const empty = { entries: [], directoryOffset: 0, directorySize: 0 };

@@ -11,6 +11,7 @@ export type BitmapTableEntry = { kind: 'zeros' } | { kind: 'ones' } | { kind: 'd
 
 const TWO_32 = 0x100000000;
 
+/** Decodes entry `index` of a bitmap table, refusing reserved bits and unaligned offsets as qemu does. */
 export function decodeBitmapTableEntry(view: DataView, index: number, clusterSize: number, bitmapName: string): BitmapTableEntry {
   const hi = view.getUint32(index * 8);
   const lo = view.getUint32(index * 8 + 4);
@@ -24,6 +25,7 @@ export function decodeBitmapTableEntry(view: DataView, index: number, clusterSiz
   return (lo & 1) !== 0 ? { kind: 'ones' } : { kind: 'zeros' };
 }
 
+/** Encodes entry `index` of a bitmap table. */
 export function encodeBitmapTableEntry(view: DataView, index: number, entry: BitmapTableEntry): void {
   const offset = entry.kind === 'data' ? entry.offset : 0;
   view.setUint32(index * 8, Math.floor(offset / TWO_32));
