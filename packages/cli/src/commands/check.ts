@@ -4,7 +4,8 @@ import { nodeHostFiles, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat, type OutputFormat } from '../output/output-format.js';
-import { parseFormatFlag } from './open.js';
+import { checkFormatDevice } from './check-format.js';
+import { parseFormatFlag, withDevice } from './open.js';
 
 interface CheckFlags {
   format?: string;
@@ -169,9 +170,12 @@ export function registerCheck(program: Command): void {
       const quiet = opts.quiet === true;
       try {
         const device = await openImageFile(filename, format === undefined ? {} : { format });
-        const qcow2 = device instanceof Qcow2Device;
+        if (!(device instanceof Qcow2Device)) {
+          const report = await withDevice(device, () => checkFormatDevice(device, filename, mode !== undefined, (line) => process.stderr.write(`${line}\n`)));
+          process.exitCode = finish(report, filename, output, quiet);
+          return;
+        }
         await device.close();
-        if (!qcow2) throw new CommandError('This image format does not support checks', 63);
       } catch (error) {
         if (!checkReadsPast(error)) throw error;
       }

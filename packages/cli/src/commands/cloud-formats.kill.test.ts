@@ -19,6 +19,8 @@ requireQemuImg();
 const CASES: Array<{ format: 'vpc' | 'vmdk' | 'vhdx'; options: string[]; notThisFormat: RegExp; checks: boolean }> = [
   { format: 'vpc', options: [], notThisFormat: /invalid VPC image|File too small for a VHD header/, checks: false },
   { format: 'vpc', options: ['-o', 'subformat=fixed'], notThisFormat: /invalid VPC image|File too small for a VHD header/, checks: false },
+  { format: 'vmdk', options: [], notThisFormat: /invalid VMDK image descriptor|File is too small, not a valid image/, checks: true },
+  { format: 'vmdk', options: ['-o', 'subformat=streamOptimized'], notThisFormat: /invalid VMDK image descriptor|File is too small, not a valid image/, checks: true },
 ];
 const KILLS = 6;
 

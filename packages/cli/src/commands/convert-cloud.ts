@@ -23,7 +23,7 @@ export async function convertIntoCloudFormat(
   onProgress: (done: number, total: number) => void,
 ): Promise<void> {
   const options = parseCloudImageOptions(format, flags.options);
-  if (options.given.has('backing_file')) throw new CommandError(`Backing files are not supported for ${format} images by qcowkit`);
+  if (options.refusal !== undefined) throw new CommandError(options.refusal);
   const storage = await FileStorage.open(outputFilename, { create: true });
   let sink;
   try {

@@ -1,5 +1,5 @@
 import { createImageSink, Qcow2Error, type NewImageOptions } from '@qcowkit/qcow2/engine';
-import { FileStorage } from '@qcowkit/qcow2/node';
+import { FileStorage, grainCompressor } from '@qcowkit/qcow2/node';
 import { cloudFormattingLine, parseCloudImageOptions, type CloudFormat, type CloudImageOptions } from '../output/cloud-image-options.js';
 import { CommandError } from '../output/errors.js';
 import { parseSize } from '../output/sizes.js';
@@ -10,9 +10,10 @@ interface CloudCreateFlags {
   quiet?: boolean;
 }
 
-/** The engine's options for a new image of `size` bytes. */
+/** The engine's options for a new image of `size` bytes (VMDK grains compressed on node:zlib's thread pool). */
 export function newImageOptions(options: CloudImageOptions, size: number): NewImageOptions {
-  return { ...options.image, size } as NewImageOptions;
+  const image = { ...options.image, size } as NewImageOptions;
+  return image.format === 'vmdk' ? { ...image, compressGrain: grainCompressor } : image;
 }
 
 /** Writes a new, empty image of a front-to-back format into `filename` (emptied first), finished and flushed. */
@@ -42,6 +43,7 @@ export async function createCloudImage(filename: string, sizeText: string | unde
   const size = sizeText === undefined ? options.size : parseSize(sizeText);
   if (size === undefined) throw new CommandError('Image creation needs a size parameter');
   if (!flags.quiet) process.stdout.write(`${cloudFormattingLine(filename, options, size)}\n`);
+  if (options.refusal !== undefined) throw new CommandError(options.refusal);
   try {
     await writeEmptyImage(filename, newImageOptions(options, size));
   } catch (error) {
@@ -49,6 +51,7 @@ export async function createCloudImage(filename: string, sizeText: string | unde
     if (error instanceof Qcow2Error && error.code === 'BAD_ARGUMENT' && /too large/i.test(error.message)) {
       throw new CommandError(`The image size is too large for file format '${format}'`);
     }
+    if (error instanceof Qcow2Error && error.code === 'BAD_ARGUMENT') throw new CommandError(error.message);
     throw error;
   }
 }

@@ -18,6 +18,11 @@ export interface CloudImageOptions {
   given: Map<string, string>;
   /** The engine's options for the new image, without the size. */
   image: DistributiveOmit<NewImageOptions, 'size'>;
+  /**
+   * An option value qemu-img only refuses once it has printed its "Formatting" line (an enum value it does not
+   * know): create prints the line, then fails with this.
+   */
+  refusal?: string;
 }
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
@@ -29,9 +34,8 @@ function bool(name: string, value: string): boolean {
   throw new CommandError(`Parameter '${name}' expects 'on' or 'off'`);
 }
 
-function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
-  if (!(allowed as readonly string[]).includes(value)) throw new CommandError(`Parameter '${name}' does not accept value '${value}'`);
-  return value as T;
+function isOneOf<T extends string>(value: string, allowed: readonly T[]): value is T {
+  return (allowed as readonly string[]).includes(value);
 }
 
 /** The options each format takes, in the order qemu lists (and prints) them; preallocation is the file's. */
@@ -52,24 +56,57 @@ export function parseCloudImageOptions(format: CloudFormat, text: string | undef
     given.set(key, eq < 0 ? 'on' : part.slice(eq + 1));
   }
   const value = (key: string): string | undefined => given.get(key);
+  const size = value('size') === undefined ? undefined : parseSize(value('size')!);
+  const refusals: string[] = [];
   const preallocation = value('preallocation');
   if (preallocation !== undefined) {
-    oneOf('preallocation', preallocation, ['off', 'falloc', 'full']);
-    if (preallocation !== 'off') throw new CommandError(`preallocation=${preallocation} is not supported for ${format} images (only off)`);
+    if (!isOneOf(preallocation, ['off', 'falloc', 'full'])) refusals.push(`Parameter 'preallocation' does not accept value '${preallocation}'`);
+    else if (preallocation !== 'off') refusals.push(`preallocation=${preallocation} is not supported for ${format} images by qcowkit (only off)`);
   }
-  const size = value('size') === undefined ? undefined : parseSize(value('size')!);
-  const options = { format, given, ...(size === undefined ? {} : { size }) };
+  const image = formatOptions(format, value, refusals);
+  return { format, given, image, ...(size === undefined ? {} : { size }), ...(refusals.length > 0 ? { refusal: refusals[0]! } : {}) };
+}
+
+/** The format's own options; values qemu refuses late go into `refusals`. */
+function formatOptions(format: CloudFormat, value: (key: string) => string | undefined, refusals: string[]): CloudImageOptions['image'] {
+  const flag = (key: string): { [k: string]: boolean } => {
+    const given = value(key);
+    return given === undefined ? {} : { [key]: bool(key, given) };
+  };
   switch (format) {
     case 'vpc': {
       const subformat = value('subformat');
-      const forceSize = value('force_size');
+      if (subformat !== undefined && !isOneOf(subformat, ['dynamic', 'fixed'])) refusals.push(`Parameter 'subformat' does not accept value '${subformat}'`);
+      const { force_size: forceSize } = flag('force_size');
       return {
-        ...options,
-        image: {
-          format,
-          ...(subformat === undefined ? {} : { subformat: oneOf('subformat', subformat, ['dynamic', 'fixed'] as const) }),
-          ...(forceSize === undefined ? {} : { forceSize: bool('force_size', forceSize) }),
-        },
+        format,
+        ...(subformat === 'dynamic' || subformat === 'fixed' ? { subformat } : {}),
+        ...(forceSize === undefined ? {} : { forceSize }),
+      };
+    }
+    case 'vmdk': {
+      const { compat6, zeroed_grain: zeroedGrain } = { ...flag('compat6'), ...flag('zeroed_grain') };
+      const subformat = value('subformat');
+      const adapterType = value('adapter_type');
+      const hwVersion = value('hwversion');
+      const toolsVersion = value('toolsversion');
+      if (subformat !== undefined && !isOneOf(subformat, ['monolithicSparse', 'streamOptimized'])) {
+        refusals.push(
+          isOneOf(subformat, ['monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat'])
+            ? `subformat=${subformat} is not supported by qcowkit for writing (monolithicSparse and streamOptimized are)`
+            : `invalid parameter value: ${subformat}`,
+        );
+      }
+      if (adapterType !== undefined && !isOneOf(adapterType, ['ide', 'lsilogic', 'buslogic', 'legacyESX'])) refusals.push(`invalid parameter value: ${adapterType}`);
+      if (value('backing_file') !== undefined) refusals.push('Backing files are not supported for vmdk images by qcowkit');
+      return {
+        format,
+        ...(subformat === 'monolithicSparse' || subformat === 'streamOptimized' ? { subformat } : {}),
+        ...(adapterType === 'ide' || adapterType === 'lsilogic' || adapterType === 'buslogic' || adapterType === 'legacyESX' ? { adapterType } : {}),
+        ...(hwVersion === undefined || hwVersion === 'undefined' ? {} : { hwVersion }),
+        ...(toolsVersion === undefined ? {} : { toolsVersion }),
+        ...(compat6 === undefined ? {} : { compat6 }),
+        ...(zeroedGrain === undefined ? {} : { zeroedGrain }),
       };
     }
     default:
@@ -77,13 +114,24 @@ export function parseCloudImageOptions(format: CloudFormat, text: string | undef
   }
 }
 
+/** Options qemu prints with their defaults even when not given. */
+const PRINTED_DEFAULTS: Record<CloudFormat, Record<string, string>> = {
+  vpc: {},
+  vmdk: { compat6: 'off', hwversion: 'undefined' },
+  vhdx: { log_size: '1048576', block_size: '0' },
+};
+
+/** Options whose value qemu prints as a number of bytes (QEMU_OPT_SIZE). */
+const SIZE_OPTIONS = ['log_size', 'block_size'];
+
 /** The "Formatting 'FILE', fmt=… " line qemu-img create prints: size, then the options given, in qemu's order. */
 export function cloudFormattingLine(filename: string, options: CloudImageOptions, size: number): string {
   const fields = [`fmt=${options.format}`, `size=${size}`];
   for (const key of OPTION_ORDER[options.format]) {
     if (key === 'size') continue;
     const given = options.given.get(key);
-    if (given !== undefined) fields.push(`${key}=${given}`);
+    const shown = given === undefined ? PRINTED_DEFAULTS[options.format][key] : SIZE_OPTIONS.includes(key) ? String(parseSize(given)) : given;
+    if (shown !== undefined) fields.push(`${key}=${shown}`);
   }
   return `Formatting '${filename}', ${fields.join(' ')}`;
 }

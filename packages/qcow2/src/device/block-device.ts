@@ -56,6 +56,17 @@ export interface BlockDevice {
   details?(): ImageDetails;
   /** Bytes the image's files occupy on the host (st_blocks), for `info`'s disk size, when the host can tell. */
   allocatedSize?(): Promise<number | undefined>;
+  /** qemu-img check for formats other than qcow2 that qemu can check (vmdk, vhdx); absent: no checks. */
+  check?(): Promise<FormatCheckResult>;
+}
+
+/** What `qemu-img check` finds in a VMDK or VHDX: corruptions, qemu's error lines, and a failure that stops it. */
+export interface FormatCheckResult {
+  corruptions: number;
+  /** qemu's stderr lines, in order. */
+  messages: string[];
+  /** Set when qemu-img would print "Check failed: <failure>" and exit 1 (VMDK stops at the first bad grain). */
+  failure?: string;
 }
 
 /** Appends `extent`, merging it into the previous one when contiguous and alike (host ranges contiguous too). */

@@ -14,7 +14,8 @@ export interface HostFiles {
 
 /** A reference an image makes to another file, offered to the open policy before anything is opened. */
 export interface FileReference {
-  kind: 'backing' | 'data-file';
+  /** 'extent': a file holding part of a VMDK's data, named by its descriptor. */
+  kind: 'backing' | 'data-file' | 'extent';
   /** The name as stored in the image. */
   name: string;
   /** The name after resolution against the image's directory. */

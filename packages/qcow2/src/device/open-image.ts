@@ -83,7 +83,13 @@ async function openLayer(
   try {
     const actualFormat = format ?? (await probeFormat(storage));
     if (actualFormat === 'raw') return await RawDevice.open(storage, filename);
-    if (actualFormat !== 'qcow2') return await openFormatDevice(actualFormat, storage, filename);
+    if (actualFormat !== 'qcow2') {
+      return await openFormatDevice(actualFormat, storage, filename, {
+        hostFiles: options.hostFiles,
+        gate: options.gate ?? trustingGate,
+        ...(options.codecs === undefined ? {} : { codecs: options.codecs }),
+      });
+    }
     const gate = options.gate ?? trustingGate;
     const image = await Qcow2Image.open(storage, {
       ...(options.codecs === undefined ? {} : { codecs: options.codecs }),

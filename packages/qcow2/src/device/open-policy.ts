@@ -9,7 +9,7 @@ export const trustingGate: ReferenceGate = () => {};
  * (CVE-2024-32498), so refuse every reference before touching the other file.
  */
 export const untrustedGate: ReferenceGate = (reference: FileReference) => {
-  const what = reference.kind === 'backing' ? 'backing file' : 'external data file';
+  const what = { backing: 'backing file', 'data-file': 'external data file', extent: 'extent file' }[reference.kind];
   throw new Qcow2Error(
     'UNTRUSTED_REFERENCE',
     `image names ${what} '${reference.name}'; refused for an untrusted image (convert it without --untrusted only if you trust it)`,

@@ -62,7 +62,8 @@ export type CheckProblemKind =
 export interface CheckReport {
   /** The image's name (its storage name). */
   filename: string;
-  format: 'qcow2';
+  /** qcow2, or vmdk/vhdx for the reports the CLI makes from their devices' checks. */
+  format: 'qcow2' | 'vmdk' | 'vhdx';
   /** Internal errors (qemu's check-errors): the check could not look at everything. */
   checkErrors: number;
   corruptions: number;

@@ -42,7 +42,8 @@ export { compareDevices, type CompareResult, type CompareOptions } from '../ops/
 export { convertToRaw, copyGuestData, type ConvertToRawOptions } from '../ops/convert-to-raw.js';
 export { convertToSink, type ConvertToSinkOptions } from '../ops/convert-to-sink.js';
 export type { ImageSink } from '../device/image-sink.js';
-export type { ImageDetails } from '../device/block-device.js';
+export type { ImageDetails, FormatCheckResult } from '../device/block-device.js';
+export { VmdkDevice, type VmdkOpenContext } from '../formats/vmdk/vmdk-device.js';
 export { createImageSink, type NewImageOptions } from '../formats/create-image-sink.js';
 export { openFormatDevice } from '../formats/open-format.js';
 export { VpcDevice } from '../formats/vpc/vpc-device.js';

@@ -1,11 +1,12 @@
 import { Qcow2Error } from '../errors.js';
 
 /**
- * A tiny declarative struct codec over DataView, big-endian as qcow2 is. It exists instead of `buffer-layout`
+ * A tiny declarative struct codec over DataView, big-endian as qcow2 is (the `le` types are little-endian, for
+ * VMDK and VHDX). It exists instead of `buffer-layout`
  * because that library needs Node's Buffer (no browsers) and decodes u64 as floats, silently losing bits above
  * 2^53; here a u64 beyond Number.MAX_SAFE_INTEGER is refused at decode time, as the architecture asks.
  */
-export type FieldType = 'u8' | 'u16' | 'u32' | 'u64';
+export type FieldType = 'u8' | 'u16' | 'u32' | 'u64' | 'u16le' | 'u32le' | 'u64le';
 
 export interface FieldSpec {
   readonly type: FieldType;
@@ -15,7 +16,7 @@ export interface FieldSpec {
 export type StructSpec<K extends string> = { readonly [P in K]: FieldSpec };
 export type StructValue<K extends string> = { [P in K]: number };
 
-const fieldSize: Record<FieldType, number> = { u8: 1, u16: 2, u32: 4, u64: 8 };
+const fieldSize: Record<FieldType, number> = { u8: 1, u16: 2, u32: 4, u64: 8, u16le: 2, u32le: 4, u64le: 8 };
 
 export function viewOf(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -29,6 +30,22 @@ export function readU64(view: DataView, offset: number, what: string): number {
     throw new Qcow2Error('OFFSET_TOO_LARGE', `${what} is larger than 2^53 (0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')})`);
   }
   return hi * 0x100000000 + lo;
+}
+
+/** Reads a little-endian u64 that must fit a JS number exactly. */
+export function readU64le(view: DataView, offset: number, what: string): number {
+  const lo = view.getUint32(offset, true);
+  const hi = view.getUint32(offset + 4, true);
+  if (hi > 0x1fffff) {
+    throw new Qcow2Error('OFFSET_TOO_LARGE', `${what} is larger than 2^53 (0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')})`);
+  }
+  return hi * 0x100000000 + lo;
+}
+
+export function writeU64le(view: DataView, offset: number, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`u64 value out of range: ${value}`);
+  view.setUint32(offset, value >>> 0, true);
+  view.setUint32(offset + 4, Math.floor(value / 0x100000000), true);
 }
 
 export function writeU64(view: DataView, offset: number, value: number): void {
@@ -56,6 +73,9 @@ export function decodeStruct<K extends string>(spec: StructSpec<K>, bytes: Uint8
       case 'u16': out[key] = view.getUint16(offset); break;
       case 'u32': out[key] = view.getUint32(offset); break;
       case 'u64': out[key] = readU64(view, offset, `${what} field ${key}`); break;
+      case 'u16le': out[key] = view.getUint16(offset, true); break;
+      case 'u32le': out[key] = view.getUint32(offset, true); break;
+      case 'u64le': out[key] = readU64le(view, offset, `${what} field ${key}`); break;
     }
   }
   return out;
@@ -71,6 +91,9 @@ export function encodeStruct<K extends string>(spec: StructSpec<K>, value: Struc
       case 'u16': view.setUint16(offset, v); break;
       case 'u32': view.setUint32(offset, v); break;
       case 'u64': writeU64(view, offset, v); break;
+      case 'u16le': view.setUint16(offset, v, true); break;
+      case 'u32le': view.setUint32(offset, v, true); break;
+      case 'u64le': writeU64le(view, offset, v); break;
     }
   }
 }

@@ -49,7 +49,7 @@ async function replay(ops: Op[]): Promise<Uint8Array> {
 interface Variant {
   name: string;
   format: Exclude<ImageFormat, 'raw' | 'qcow2'>;
-  options: Omit<NewImageOptions, 'size' | 'format'>;
+  options: Record<string, unknown>;
   /** What qemu-img says about a file that is not of the format. */
   notThisFormat: RegExp;
   qemuChecks: boolean;
@@ -58,6 +58,8 @@ interface Variant {
 const variants: Variant[] = [
   { name: 'vpc dynamic', format: 'vpc', options: {}, notThisFormat: /invalid VPC image|File too small for a VHD header/, qemuChecks: false },
   { name: 'vpc fixed', format: 'vpc', options: { subformat: 'fixed' }, notThisFormat: /invalid VPC image|File too small for a VHD header/, qemuChecks: false },
+  { name: 'vmdk monolithicSparse', format: 'vmdk', options: {}, notThisFormat: /invalid VMDK image descriptor|File is too small, not a valid image/, qemuChecks: true },
+  { name: 'vmdk streamOptimized', format: 'vmdk', options: { subformat: 'streamOptimized' }, notThisFormat: /invalid VMDK image descriptor|File is too small, not a valid image/, qemuChecks: true },
 ];
 
 const SIZE = 20 * 1024 * 1024 + 3 * 512;

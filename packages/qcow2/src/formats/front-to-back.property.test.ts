@@ -14,6 +14,7 @@ import { isZero } from '../ops/zero-detect.js';
 import { firstDifference } from '../test-support/guest-model.js';
 import { sparseDiskArb, sparseDiskBytes } from '../test-support/sparse-disk.js';
 import { createImageSink, type NewImageOptions } from './create-image-sink.js';
+import { nodeCodecs } from '../node/node-codecs.js';
 import { openFormatDevice } from './open-format.js';
 
 /**
@@ -24,7 +25,7 @@ import { openFormatDevice } from './open-format.js';
 interface Variant {
   name: string;
   format: Exclude<ImageFormat, 'raw' | 'qcow2'>;
-  options: Omit<NewImageOptions, 'size' | 'format'>;
+  options: Record<string, unknown>;
   /** qemu-img check has something to say about this format. */
   qemuChecks: boolean;
 }
@@ -34,6 +35,8 @@ const variants: Variant[] = [
   { name: 'vpc dynamic force_size', format: 'vpc', options: { forceSize: true }, qemuChecks: false },
   { name: 'vpc fixed', format: 'vpc', options: { subformat: 'fixed' }, qemuChecks: false },
   { name: 'vpc fixed force_size', format: 'vpc', options: { subformat: 'fixed', forceSize: true }, qemuChecks: false },
+  { name: 'vmdk monolithicSparse', format: 'vmdk', options: {}, qemuChecks: true },
+  { name: 'vmdk streamOptimized', format: 'vmdk', options: { subformat: 'streamOptimized' }, qemuChecks: true },
 ];
 
 const MAX_SIZE = 12 * 1024 * 1024;
@@ -75,7 +78,7 @@ describe('front-to-back writers against their readers and qemu-img', () => {
         fc.asyncProperty(sparseDiskArb(MAX_SIZE), async (disk) => {
           const bytes = sparseDiskBytes(disk);
           const image = await writeImage(variant, bytes);
-          const device = await openFormatDevice(variant.format, new MemoryStorage(image, { name: 'image' }), 'image');
+          const device = await openFormatDevice(variant.format, new MemoryStorage(image, { name: 'image' }), 'image', { codecs: nodeCodecs });
           expect(device.size).toBeGreaterThanOrEqual(bytes.length);
           const contents = new Uint8Array(device.size);
           await device.read(contents, 0);

@@ -16,6 +16,7 @@ export { FileStorage, useBlockingFileIo } from './file-storage.js';
 export { nodeHostFiles } from './node-host-files.js';
 export { nodeCodecs } from './node-codecs.js';
 export { clusterCompressor } from './cluster-compressor.js';
+export { grainCompressor } from './grain-compressor.js';
 import { clusterCompressor } from './cluster-compressor.js';
 
 /**

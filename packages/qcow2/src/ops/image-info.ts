@@ -401,7 +401,7 @@ interface OpenedLayer {
 }
 
 /** Opens one layer; `from` is the image that names it as its backing file (undefined for the top). */
-async function openLayer(filename: string, format: ImageFormat | undefined, hostFiles: HostFiles, from: string | undefined): Promise<OpenedLayer> {
+async function openLayer(filename: string, format: ImageFormat | undefined, hostFiles: HostFiles, from: string | undefined, gate: ReferenceGate): Promise<OpenedLayer> {
   let storage: Storage;
   try {
     storage = await hostFiles.open(filename, { writable: false });
@@ -412,7 +412,7 @@ async function openLayer(filename: string, format: ImageFormat | undefined, host
   try {
     const actualFormat = format ?? (await probeFormat(storage));
     if (actualFormat === 'raw') return { filename, raw: await RawDevice.open(storage, filename) };
-    if (actualFormat !== 'qcow2') return { filename, raw: await openFormatDevice(actualFormat, storage, filename) };
+    if (actualFormat !== 'qcow2') return { filename, raw: await openFormatDevice(actualFormat, storage, filename, { hostFiles, gate }) };
     const image = await Qcow2Image.open(storage, {
       openDataFile: async (name) => {
         if (name === undefined) throw new Qcow2Error('DATA_FILE_NOT_FOUND', "'data-file' is required for this image");
@@ -443,7 +443,7 @@ export async function openImageForInfo(filename: string, options: OpenForInfoOpt
     const seen = new Set<string>();
     for (;;) {
       seen.add((await options.hostFiles.canonical?.(name)) ?? name);
-      const layer = await openLayer(name, format, options.hostFiles, from);
+      const layer = await openLayer(name, format, options.hostFiles, from, gate);
       layers.push(layer);
       const image = layer.image;
       const backingName = image?.backingFile === undefined ? '' : cString(image.backingFile);

@@ -1,5 +1,6 @@
 import { pushExtent, type BlockDevice, type Extent, type ImageDetails } from '../../device/block-device.js';
 import { checkRange } from '../../device/range.js';
+import { rawFileExtents } from '../file-extents.js';
 import { Qcow2Error } from '../../errors.js';
 import { readZeroPadded, type Storage } from '../../io/storage.js';
 import { decodeVhdDynamicHeader, sectorBitmapSize, VHD_DYNAMIC_HEADER_SIZE, VHD_UNALLOCATED } from './dynamic-header.js';
@@ -108,12 +109,7 @@ export class VpcDevice implements BlockDevice {
   /** A fixed disk is raw data in the file: data where the file holds data, known zeros over its holes. */
   private async fixedExtents(offset: number, length: number): Promise<Extent[]> {
     const out: Extent[] = [];
-    const inFile = Math.max(0, Math.min(length, this.fileSize - offset));
-    const regions = inFile === 0 ? [] : this.storage.dataRegions === undefined ? [{ offset, length: inFile, hole: false }] : await this.storage.dataRegions(offset, inFile);
-    for (const region of regions) {
-      pushExtent(out, { offset: region.offset, length: region.length, kind: 'data', depth: 0, hostOffset: region.offset, hostFile: this.filename, ...(region.hole ? { zeroData: true } : {}) });
-    }
-    if (inFile < length) pushExtent(out, { offset: offset + inFile, length: length - inFile, kind: 'data', depth: 0, hostOffset: offset + inFile, hostFile: this.filename, zeroData: true });
+    await rawFileExtents(out, { storage: this.storage, size: this.fileSize, name: this.filename }, offset, offset, length);
     return out;
   }
 
