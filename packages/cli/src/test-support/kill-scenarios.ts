@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import type { KillScenario } from './kill-harness.js';
 
 const D = 'disk.qcow2';
+const BM = 'bitmaps.qcow2';
 
 export const killScenarios: KillScenario[] = [
   { name: 'create', args: ['create', '-f', 'qcow2', '-o', 'preallocation=metadata', 'new.qcow2', '64M'], fixtures: [], images: { 'new.qcow2': 'made' } },
@@ -36,6 +37,15 @@ export const killScenarios: KillScenario[] = [
   { name: 'check -r leaks', args: ['check', '-r', 'leaks', 'leaky.qcow2'], fixtures: ['leaky.qcow2'], images: { 'leaky.qcow2': 'same' } },
   { name: 'check -r all', args: ['check', '-r', 'all', 'leaky.qcow2'], fixtures: ['leaky.qcow2'], images: { 'leaky.qcow2': 'same' } },
   { name: 'dd', args: ['dd', '-O', 'qcow2', `if=${D}`, 'of=dd.qcow2', 'bs=1M'], fixtures: [D], images: { 'dd.qcow2': 'made' } },
+  // amend: every step a switch; the guest data and the snapshots never change.
+  { name: 'amend refcount_bits=64', args: ['amend', '-o', 'refcount_bits=64', D], fixtures: [D], images: { [D]: 'same' }, snapshots: true },
+  { name: 'amend compat=0.10', args: ['amend', '-o', 'compat=0.10', D], fixtures: [D], images: { [D]: 'same' }, snapshots: true },
+  { name: 'amend compat=1.1,lazy_refcounts=on,refcount_bits=4 (from v2)', args: ['amend', '-o', 'compat=1.1,lazy_refcounts=on,refcount_bits=4', 'v2.qcow2'], fixtures: ['v2.qcow2'], images: { 'v2.qcow2': 'same' }, snapshots: true },
+  // Persistent bitmaps: their changes are switches; guest writes keep them true (in use while writing).
+  { name: 'bitmap --add --merge', args: ['bitmap', '--add', '--merge', 'fine', BM, 'new'], fixtures: [BM], images: { [BM]: 'same' } },
+  { name: 'bitmap --clear --remove', args: ['bitmap', '--clear', '--remove', BM, 'fine'], fixtures: [BM], images: { [BM]: 'same' } },
+  { name: 'io write (tracked bitmaps)', args: ['io', '-c', 'write -P 0xab 3M 6M', '-c', 'write -z 20M 1M', BM], fixtures: [BM], images: { [BM]: 'old-or-new' } },
+  { name: 'convert --bitmaps', args: ['convert', '--bitmaps', '-O', 'qcow2', BM, 'out.qcow2'], fixtures: [BM], images: { 'out.qcow2': 'made' } },
   // The cloud formats: a killed convert leaves no image qemu-img opens as the format (not made) or the whole one.
   { name: 'convert -O vpc', args: ['convert', '-O', 'vpc', D, 'out.vhd'], fixtures: [D], images: { 'out.vhd': 'made' }, formats: { 'out.vhd': 'vpc' } },
   { name: 'convert -O vpc (fixed, force_size)', args: ['convert', '-O', 'vpc', '-o', 'subformat=fixed,force_size', D, 'out.vhd'], fixtures: [D], images: { 'out.vhd': 'made' }, formats: { 'out.vhd': 'vpc' } },
@@ -84,6 +94,9 @@ function addLeaks(file: string, count: number): void {
  *   (snap1) and changes after it (so clusters are shared and COPIED flags matter);
  * - c512r64.qcow2: 512-byte clusters with 64-bit refcounts (writes must grow refcount structures);
  * - base.qcow2 ← top.qcow2, and newbase.qcow2 (for commit and rebase);
+ * - v2.qcow2: compat=0.10 with a snapshot (for amend's upgrade);
+ * - bitmaps.qcow2: enabled persistent bitmaps (64 KiB and 512-byte granularity) and a disabled one, written
+ *   through qemu-io so they hold bits;
  * - leaky.qcow2: clean but for 40 leaked clusters.
  */
 export function makeKillFixtures(dir: string): void {
@@ -101,6 +114,17 @@ export function makeKillFixtures(dir: string): void {
   qemuIo(dir, 'top.qcow2', ['write -P 0x66 2M 4M', 'write -P 0x67 30M 2M', 'write -z 41M 1M']);
   must('qemu-img', ['create', '-q', '-f', 'qcow2', 'newbase.qcow2', '64M'], dir);
   qemuIo(dir, 'newbase.qcow2', ['write -P 0x88 0 16M']);
+
+  must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', 'v2.qcow2', '32M'], dir);
+  qemuIo(dir, 'v2.qcow2', ['write -P 0x21 0 2M']);
+  must('qemu-img', ['snapshot', '-c', 'snap1', 'v2.qcow2'], dir);
+  qemuIo(dir, 'v2.qcow2', ['write -P 0x22 1M 2M']);
+
+  must('qemu-img', ['create', '-q', '-f', 'qcow2', BM, '64M'], dir);
+  must('qemu-img', ['bitmap', '--add', BM, 'a'], dir);
+  must('qemu-img', ['bitmap', '--add', '-g', '512', BM, 'fine'], dir);
+  must('qemu-img', ['bitmap', '--add', '--disable', BM, 'off'], dir);
+  qemuIo(dir, BM, ['write -P 0x31 0 2M', 'write -P 0x32 30M 1M']);
 
   must('qemu-img', ['create', '-q', '-f', 'qcow2', 'leaky.qcow2', '64M'], dir);
   qemuIo(dir, 'leaky.qcow2', ['write -P 0x11 0 4M', 'write -P 0x12 32M 1M']);
