@@ -48,7 +48,8 @@ export function progressPrinter(enabled: boolean, out: NodeJS.WritableStream = p
  *
  * or, when the command fails, a last line {"operation":…,"status":"failed","error":"<the message>"} before the
  * usual "qcowkit: …" error line. done and total count the operation's work in bytes (guest bytes for convert,
- * compare, commit, rebase, dd; the clusters walked, in bytes, for amend); total may grow while the work is
+ * compare, commit, rebase, dd; for convert to a pipe, the source planned then the image written; hundredths of
+ * its steps for amend); total may grow while the work is
  * discovered. percent has at most two decimals; a line is written when it moves by a whole percent, so at most
  * about a hundred lines per operation.
  */
