@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { checkStorage, Qcow2Device, Qcow2Error, repairStorage, type CheckMessage, type CheckReport, type RepairMode, type Storage } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles, openImageFile } from '@qcowkit/qcow2/node';
+import { BufferedOutput } from '../output/buffered-output.js';
 import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat, type OutputFormat } from '../output/output-format.js';
@@ -122,8 +123,14 @@ function finish(report: CheckReport, filename: string, output: OutputFormat, qui
   return report.corruptions !== 0 ? 2 : report.leaks !== 0 ? 3 : 0;
 }
 
+/**
+ * Check messages go to stderr as qemu-img prints them, but in large writes: a hostile image can make a check
+ * report hundreds of thousands of lines, and one write per line cost more than the check itself.
+ */
+const messages = new BufferedOutput(256 * 1024, process.stderr);
+
 function printMessage(message: CheckMessage): void {
-  process.stderr.write(`${message.text}\n`);
+  messages.write(`${message.text}\n`);
 }
 
 /**
@@ -143,6 +150,7 @@ async function withFile<T>(filename: string, writable: boolean, body: (storage: 
   try {
     return await body(storage);
   } finally {
+    messages.flush();
     await storage.close();
   }
 }

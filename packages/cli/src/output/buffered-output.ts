@@ -6,7 +6,10 @@ export class BufferedOutput {
   private parts: string[] = [];
   private size = 0;
 
-  constructor(private readonly limit = 256 * 1024) {}
+  constructor(
+    private readonly limit = 256 * 1024,
+    private readonly stream: NodeJS.WritableStream = process.stdout,
+  ) {}
 
   write(text: string): void {
     this.parts.push(text);
@@ -16,7 +19,7 @@ export class BufferedOutput {
 
   flush(): void {
     if (this.parts.length === 0) return;
-    process.stdout.write(this.parts.join(''));
+    this.stream.write(this.parts.join(''));
     this.parts = [];
     this.size = 0;
   }

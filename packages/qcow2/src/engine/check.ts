@@ -5,7 +5,7 @@ import { bitmapsExtensionOf } from '../format/header-extensions.js';
 import { HEADER_PROBE_BYTES, decodeHeader, hasBit, probeClusterBits, type Qcow2Header } from '../format/header.js';
 import { getRefcount, refcountEntriesPerBlock } from '../format/refcount-block.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
-import { layoutOf, validateHeader, type ImageLayout } from './image-layout.js';
+import { layoutOf, validateForIo, validateHeader, type ImageLayout } from './image-layout.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
 /**
@@ -470,6 +470,7 @@ export class ImageChecker {
     this.layout = layoutOf(this.header);
     // What Qcow2Image.open checks, except the snapshot table: qemu-img check examines that itself.
     validateHeader({ ...this.header, nbSnapshots: 0 }, this.layout, this.fileSize);
+    validateForIo(this.header, this.layout);
     this.stored = await StoredRefcounts.load(this.storage, this.layout, this.header, (kind, text) => this.message(kind, text), this.markCorrupt());
   }
 

@@ -1,5 +1,6 @@
 import { Qcow2Error } from '../errors.js';
 import {
+  AutoclearFeature,
   CompressionType,
   CryptMethod,
   IncompatibleFeature,
@@ -93,6 +94,8 @@ export function validateHeader(header: Qcow2Header, layout: ImageLayout, fileSiz
   }
   if (header.l1Size > 0) checkTable('L1 table', header.l1TableOffset, l1Bytes, layout, fileSize);
 
+  // qemu's words: an image must have a refcount table, even one only reads.
+  if (header.refcountTableClusters === 0) throw new Qcow2Error('BAD_HEADER', 'Image does not contain a reference count table');
   const refcountTableBytes = header.refcountTableClusters * layout.clusterSize;
   if (refcountTableBytes > MAX_REFCOUNT_TABLE_BYTES) {
     throw new Qcow2Error('REFCOUNT_TABLE_TOO_LARGE', `refcount table too large (${header.refcountTableClusters} clusters, max ${MAX_REFCOUNT_TABLE_BYTES} bytes)`);
@@ -103,4 +106,11 @@ export function validateHeader(header: Qcow2Header, layout: ImageLayout, fileSiz
     throw new Qcow2Error('TOO_MANY_SNAPSHOTS', `too many snapshots (${header.nbSnapshots}, max ${MAX_SNAPSHOTS})`);
   }
   if (header.nbSnapshots > 0) checkTable('snapshot table', header.snapshotsOffset, 0, layout, fileSize);
+}
+
+/** What qemu checks only when an image is opened for I/O (qemu-img info skips it): a raw data file needs one. */
+export function validateForIo(header: Qcow2Header, layout: ImageLayout): void {
+  if (!layout.externalDataFile && hasBit(header.autoclearFeatures, AutoclearFeature.DataFileRaw)) {
+    throw new Qcow2Error('BAD_HEADER', 'data-file-raw requires a data file');
+  }
 }

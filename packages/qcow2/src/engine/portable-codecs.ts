@@ -39,12 +39,35 @@ function wasmRuntime(): { compile(bytes: ArrayBuffer): Promise<unknown> } {
   return runtime;
 }
 
+/**
+ * The module reports a failed instantiation (no memory for a WebAssembly instance under an address-space limit,
+ * bad bytes) only through console.warn, bound when it loads, and then waits forever. So console.warn is
+ * wrapped while the module loads: such a message fails the load at once, anything else passes through.
+ */
+function watchModuleWarnings(): { failure: Promise<never>; restore: () => void } {
+  let fail: (error: Qcow2Error) => void = () => {};
+  const failure = new Promise<never>((_, reject) => (fail = reject));
+  failure.catch(() => {});
+  const warn = console.warn;
+  console.warn = (...args: unknown[]): void => {
+    const text = args.map(String).join(' ');
+    const failed = /wasm compile failed: |failed to asynchronously prepare wasm: |Aborted\(/.exec(text);
+    if (failed !== null) fail(unavailable(text.slice(failed.index + failed[0].length).replace(/\)$/, '').trim() || 'the WebAssembly module failed to start'));
+    else warn(...args);
+  };
+  return { failure, restore: () => (console.warn = warn) };
+}
+
 async function initZstd(source: ZstdWasmSource | undefined): Promise<Zstd> {
+  const watch = watchModuleWarnings();
   let module: Zstd;
   try {
     module = await import('@bokuweb/zstd-wasm');
   } catch (error) {
     throw unavailable((error as Error).message, error);
+  } finally {
+    // The module bound the wrapper when it loaded; console.warn itself is the caller's again.
+    watch.restore();
   }
   let init: Promise<void>;
   if (source === undefined) init = module.init();
@@ -64,7 +87,7 @@ async function initZstd(source: ZstdWasmSource | undefined): Promise<Zstd> {
     timer = setTimeout(() => reject(unavailable(`not loaded after ${ZSTD_LOAD_TIMEOUT_MS / 1000} s`)), ZSTD_LOAD_TIMEOUT_MS);
   });
   try {
-    await Promise.race([init, timeout]);
+    await Promise.race([init, timeout, watch.failure]);
   } catch (error) {
     throw error instanceof Qcow2Error ? error : unavailable((error as Error).message, error);
   } finally {

@@ -12,7 +12,7 @@ import { HEADER_PROBE_BYTES, decodeHeader, hasBit, probeClusterBits, type Qcow2H
 import type { SnapshotEntry } from '../format/snapshot-table.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
 import { decompressCluster, type CompressionCodecs } from './compression.js';
-import { layoutOf, validateHeader, type ImageLayout } from './image-layout.js';
+import { layoutOf, validateForIo, validateHeader, type ImageLayout } from './image-layout.js';
 import { TableCache } from './l2-cache.js';
 import { l1TableFrom, mapGuestRange, type L1Table } from './mapping.js';
 import { SegmentKind, type Segment } from './segments.js';
@@ -32,6 +32,11 @@ export interface Qcow2ImageOptions {
    * one; the caller decides where the name resolves and whether that reference is allowed.
    */
   openDataFile?: (name: string | undefined) => Promise<Storage>;
+  /**
+   * Opened only to show metadata (qemu-img info; qemu's BDRV_O_NO_IO): the checks that matter only for reading
+   * guest data are skipped, as qemu skips them.
+   */
+  metadataOnly?: boolean;
 }
 
 const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
@@ -89,6 +94,7 @@ export class Qcow2Image {
     for (const snapshot of snapshots) validateSnapshotL1(snapshot, layout, fileSize);
 
     let dataStorage = storage;
+    if (!options.metadataOnly) validateForIo(header, layout);
     if (layout.externalDataFile) {
       if (options.openDataFile === undefined) {
         throw new Qcow2Error('DATA_FILE_NOT_FOUND', 'image has an external data file, but no way to open it was given');

@@ -129,7 +129,7 @@ async function describe(filename: string, identity: string, listed: boolean, hos
     }
     let image: Qcow2Image;
     try {
-      image = await Qcow2Image.open(storage, { openDataFile: async (name) => unopenedDataFile(name ?? filename) });
+      image = await Qcow2Image.open(storage, { metadataOnly: true, openDataFile: async (name) => unopenedDataFile(name ?? filename) });
     } catch (error) {
       base.format = 'qcow2';
       base.problems.push({ code: 'UNREADABLE', severity: 'error', message: `cannot read the qcow2 header: ${(error as Error).message}` });

@@ -414,6 +414,7 @@ async function openLayer(filename: string, format: ImageFormat | undefined, host
     if (actualFormat === 'raw') return { filename, raw: await RawDevice.open(storage, filename) };
     if (actualFormat !== 'qcow2') return { filename, raw: await openFormatDevice(actualFormat, storage, filename, { hostFiles, gate }) };
     const image = await Qcow2Image.open(storage, {
+      metadataOnly: true,
       openDataFile: async (name) => {
         if (name === undefined) throw new Qcow2Error('DATA_FILE_NOT_FOUND', "'data-file' is required for this image");
         return unopenedDataFile(name);
