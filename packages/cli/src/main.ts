@@ -20,6 +20,18 @@ process.stdout.on('error', (error: NodeJS.ErrnoException) => {
   throw error;
 });
 
+/**
+ * The last line of defence: an error that escaped every await (a rejected promise nobody awaited, an exception
+ * thrown from a callback) ends the command like any other error — one line, a non-zero exit — instead of Node's
+ * stack trace. The engine is built so this never happens; the kill and hostile-image tests would show it.
+ */
+function exitOnEscapedError(error: unknown): void {
+  process.exitCode = reportError(error);
+  process.exit();
+}
+process.on('unhandledRejection', exitOnEscapedError);
+process.on('uncaughtException', exitOnEscapedError);
+
 async function main(argv: string[]): Promise<number> {
   // qemu-img resize takes "-SIZE" to shrink; keep it from being read as an option.
   const last = argv[argv.length - 1];

@@ -37,10 +37,12 @@ export function decodeHeaderExtensions(cluster0: Uint8Array, start: number, end 
     const type = view.getUint32(offset);
     const length = view.getUint32(offset + 4);
     offset += 8;
-    if (type === HeaderExtensionType.End) return extensions;
+    // Before the end marker's type is looked at, as qemu does: a header_length that lands the list on other
+    // bytes is refused, not read as an empty list.
     if (length > end - offset) {
       throw new Qcow2Error('BAD_EXTENSION', `header extension 0x${type.toString(16)} is too large (${length} bytes)`);
     }
+    if (type === HeaderExtensionType.End) return extensions;
     extensions.push({ type, data: cluster0.slice(offset, offset + length) });
     offset += (length + 7) & ~7;
   }
