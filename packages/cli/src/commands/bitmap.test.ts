@@ -259,6 +259,29 @@ describe('guest writes through qcowkit keep enabled bitmaps true', () => {
     expectClean(k);
   });
 
+  it('resize and amend -o size resize the bitmaps as qemu-img does (tables for the new size, bits past a shrunk end dropped)', () => {
+    create('rs.qcow2', '64M');
+    expect(qemu(['bitmap', '--add', 'rs.qcow2', 'a'], work).status).toBe(0);
+    expect(qemu(['bitmap', '--add', '-g', '512', 'rs.qcow2', 'fine'], work).status).toBe(0);
+    expect(qemu(['bitmap', '--add', '--disable', '-g', '512', 'rs.qcow2', 'off'], work).status).toBe(0);
+    io('rs.qcow2', 'write 60M 1M', 'write 1M 4k');
+    expect(qemu(['bitmap', '--merge', 'fine', 'rs.qcow2', 'off'], work).status).toBe(0);
+    const { q, k } = twins('rs.qcow2', 'resize');
+    for (const step of [['F', '5000000000'], ['--shrink', 'F', '32M'], ['--shrink', 'F', '100007936']]) {
+      expect(qemu(['resize', ...step.map((a) => (a === 'F' ? q : a))], work).status).toBe(0);
+      expect(qcowkit(['resize', ...step.map((a) => (a === 'F' ? k : a))], work).status).toBe(0);
+      expect(dump(k), step.join(' ')).toEqual(dump(q));
+      expectClean(k);
+    }
+    expect(dump(k).bitmaps.find((b) => b.name === 'fine')!.tableSize).toBeGreaterThan(0);
+    expect(qemu(['amend', '-o', 'size=200M', q], work).status).toBe(0);
+    expect(qcowkit(['amend', '-o', 'size=200M', k], work).status).toBe(0);
+    expect(dump(k)).toEqual(dump(q));
+    // qemu loads them (a table that does not fit the disk would stop it from opening the image).
+    io(k, 'write 199M 64k');
+    expect(dump(k).bitmaps.find((b) => b.name === 'a')!.dirty).toContain(199 * 1024 * 1024);
+  });
+
   it('convert -n into an image with bitmaps marks what it rewrote', () => {
     create('n.qcow2', '64M');
     expect(qemu(['bitmap', '--add', 'n.qcow2', 'b'], work).status).toBe(0);

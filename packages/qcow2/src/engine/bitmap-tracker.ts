@@ -14,14 +14,13 @@ import type { Refcounts } from './refcounts.js';
  *
  * A process killed between 1 and 3 leaves the bitmaps flagged in use: qemu lists them as such and refuses to
  * use them (a backup tool then takes a full backup), never a bitmap that misses a write. Disabled bitmaps do not
- * record writes (as in qemu) and are left alone. A change of the disk's size, which qemu also applies to the
- * bitmaps, is not done here: the bitmaps stay flagged in use (inconsistent) instead.
+ * record writes (as in qemu) and are left alone. A change of the disk's size resizes every bitmap, as qemu
+ * does, in the header write that changes the size.
  */
 export class BitmapTracker {
   /** Per tracked bitmap: granularity and the clusters of bits set so far, by table index. */
   private readonly tracked = new Map<string, { granularity: number; bits: Map<number, Uint8Array> }>();
   private started = false;
-  private abandoned = false;
 
   private constructor(
     private readonly image: Qcow2Image,
@@ -67,14 +66,26 @@ export class BitmapTracker {
     }
   }
 
-  /** The disk's size changes: the tracked bitmaps are left flagged in use (see the class comment). */
-  abandon(): void {
-    this.abandoned = true;
+  /**
+   * The disk's size changes (the writer's last step of a resize): the bitmaps are resized in the same header
+   * write that sets the new size (see BitmapEditor.resize), and bits set past a shrunk end are forgotten.
+   */
+  async resize(newSize: number): Promise<void> {
+    const editor = await BitmapEditor.open(this.image, this.refcounts);
+    await editor.resize(newSize, [...this.tracked.keys()]);
+    const bitsPerCluster = this.image.clusterSize * 8;
+    for (const { granularity, bits } of this.tracked.values()) {
+      const endBit = Math.ceil(newSize / granularity);
+      for (const [index, cluster] of bits) {
+        if (index * bitsPerCluster >= endBit) bits.delete(index);
+        else for (let bit = endBit - index * bitsPerCluster; bit < bitsPerCluster; bit++) cluster[bit >>> 3] = cluster[bit >>> 3]! & ~(1 << (bit & 7));
+      }
+    }
   }
 
   /** Step 3: the bits stored and the in-use flags cleared. */
   async store(): Promise<void> {
-    if (!this.started || this.abandoned || this.tracked.size === 0) return;
+    if (!this.started || this.tracked.size === 0) return;
     const editor = await BitmapEditor.open(this.image, this.refcounts);
     // Something cleared autoclear bit 0 meanwhile (commit empties an overlay so): the bitmaps are void anyway.
     if (!editor.consistent) return;

@@ -286,6 +286,45 @@ export class BitmapEditor {
     await this.commit(entries, freed);
   }
 
+  /**
+   * The disk's size changes to `newSize` (resize, amend -o size): every bitmap that is not left inconsistent
+   * gets a table for the new size — the same data clusters where they still apply, none past the new end, the
+   * bits past a shrunk end cleared — and the size field changes in the same header write as the directory, so
+   * qemu never meets a table that does not fit the disk (it refuses to open such an image). In-use bitmaps
+   * other than `tracked` (ours, in use while we write) are kept as they are: qemu does not size-check those.
+   */
+  async resize(newSize: number, tracked: readonly string[]): Promise<void> {
+    const image = this.image;
+    const clusterSize = image.clusterSize;
+    const bitsPerCluster = clusterSize * 8;
+    const freed: Array<{ offset: number; count: number }> = [];
+    const entries: BitmapDirectoryEntry[] = [];
+    for (const entry of this.state.entries) {
+      if (hasBitmapFlag(entry.flags, BitmapFlag.InUse) && !tracked.includes(entry.name)) {
+        entries.push(entry);
+        continue;
+      }
+      const granularity = 2 ** entry.granularityBits;
+      const size = Math.max(1, bitmapTableSize(newSize, granularity, clusterSize));
+      const old = await readBitmapTable(image, entry);
+      const table: BitmapTableEntry[] = [];
+      for (let i = 0; i < size; i++) table.push(old[i] ?? { kind: 'zeros' });
+      for (let i = size; i < old.length; i++) if (old[i]!.kind === 'data') freed.push({ offset: (old[i] as { offset: number }).offset, count: 1 });
+      // A shrink keeps no bit past the new end in the last cluster.
+      const endBit = Math.ceil(newSize / granularity) - (size - 1) * bitsPerCluster;
+      const last = table[size - 1]!;
+      if (newSize < image.virtualSize && last.kind !== 'zeros' && endBit < bitsPerCluster) {
+        const data = await readBitmapCluster(image, last);
+        for (let bit = Math.max(0, endBit); bit < bitsPerCluster; bit++) data[bit >>> 3] = data[bit >>> 3]! & ~(1 << (bit & 7));
+        table[size - 1] = await this.storeCluster(data);
+        if (last.kind === 'data') freed.push({ offset: last.offset, count: 1 });
+      }
+      freed.push({ offset: entry.bitmapTableOffset, count: Math.ceil((entry.bitmapTableSize * 8) / clusterSize) });
+      entries.push({ ...entry, bitmapTableOffset: await this.writeTable(table), bitmapTableSize: size });
+    }
+    await this.commit(entries, freed, newSize);
+  }
+
   /** The bits of a usable bitmap as dirty guest ranges (a merge source, or convert --bitmaps). */
   sourceFor(name: string): BitmapSource {
     const entry = this.usable(name);
@@ -326,7 +365,7 @@ export class BitmapEditor {
    * no bitmap is left, autoclear bit 0 with it, as qemu leaves such an image), then the old directory and
    * `freed` are released.
    */
-  private async commit(entries: BitmapDirectoryEntry[], freed: Array<{ offset: number; count: number }>): Promise<void> {
+  private async commit(entries: BitmapDirectoryEntry[], freed: Array<{ offset: number; count: number }>, size?: number): Promise<void> {
     const image = this.image;
     const clusterSize = image.clusterSize;
     let directoryOffset = 0;
@@ -345,6 +384,7 @@ export class BitmapEditor {
       const extension = entries.length > 0 ? encodeBitmapsExtension({ nbBitmaps: entries.length, bitmapDirectorySize: directorySize, bitmapDirectoryOffset: directoryOffset }) : undefined;
       header.extensions = withExtension(header.extensions, HeaderExtensionType.Bitmaps, extension);
       header.autoclearFeatures = setBit(header.autoclearFeatures, AutoclearFeature.Bitmaps, entries.length > 0);
+      if (size !== undefined) header.size = size;
     });
     const old = this.state;
     if (old.directoryOffset !== 0) await this.refcounts.free(old.directoryOffset, Math.ceil(old.directorySize / clusterSize));

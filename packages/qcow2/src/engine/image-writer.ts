@@ -529,7 +529,6 @@ export class Qcow2Writer {
       throw new Qcow2Error('BAD_ARGUMENT', 'The new size must be a multiple of 512', { file: this.image.name });
     }
     await this.beforeFirstWrite();
-    this.bitmaps?.abandon();
     const header = this.image.header;
     const { l2Coverage, clusterSize } = this.image.layout;
     const oldSize = header.size;
@@ -540,6 +539,11 @@ export class Qcow2Writer {
       await this.dropClustersFrom(Math.ceil(newSize / clusterSize) * clusterSize, oldSize);
     }
     await this.writeBackMetadata();
+    if (this.bitmaps !== undefined) {
+      // The size field and the bitmaps (resized) switch in one header write.
+      await this.bitmaps.resize(newSize);
+      return;
+    }
     const bytes = new Uint8Array(8);
     writeU64(viewOf(bytes), 0, newSize);
     await this.image.storage.write(bytes, 24);
