@@ -44,7 +44,7 @@ const params: ChainParams = {
 };
 const VERSION = 1;
 
-interface ChainSet {
+export interface ChainSet {
   dir: string;
   key: string;
   reused: boolean;
@@ -68,7 +68,7 @@ function segments(rng: Prng, p: ChainParams, bytes: number, zero: boolean, layer
 }
 
 /** The chain, built once with qemu-img and qemu-io and cached like the other benchmark images. */
-function ensureChain(log: (line: string) => void): ChainSet {
+export function ensureChain(log: (line: string) => void): ChainSet {
   const key = createHash('sha256').update(JSON.stringify({ name: 'chain-2g', version: VERSION, params })).digest('hex').slice(0, 12);
   const dir = join(benchTempDir(), 'images', `chain-2g-${key}`);
   const sidecar = `${dir}.json`;
@@ -124,7 +124,7 @@ function qemuStatus(args: string[], cwd: string): { status: number; out: string 
   }
 }
 
-interface CaseSpec {
+export interface CaseSpec {
   name: string;
   /** Arguments after the tool name, run inside the case's directory. */
   qemuArgs: string[];
@@ -136,7 +136,7 @@ interface CaseSpec {
   written: string[];
 }
 
-function runCase(ctx: BenchContext, set: ChainSet, spec: CaseSpec, runs: number): CaseResult {
+export function runCase(ctx: BenchContext, set: ChainSet, spec: CaseSpec, runs: number): CaseResult {
   const slug = spec.name.replace(/[^\w.-]+/g, '_');
   const qemuDir = join(ctx.workDir, `${slug}.qemu-img`);
   const qcowkitDir = join(ctx.workDir, `${slug}.qcowkit`);

@@ -20,7 +20,7 @@ import { spawnSync } from 'node:child_process';
  * With `flush`, both get `-t writeback` and end with a flush of the output (qemu-img: fdatasync; qcowkit: fsync),
  * so both cases compare the two tools doing the same work: without and with the final flush.
  */
-function convertCase(ctx: BenchContext, name: string, maker: ImageMaker<MixedParams>, runs: number, flush = false): CaseResult {
+export function convertCase(ctx: BenchContext, name: string, maker: ImageMaker<MixedParams>, runs: number, flush = false): CaseResult {
   const image = ensureImage(maker, ctx.log);
   const file = name.replace(/[^\w.-]+/g, '_');
   const qemuOut = join(ctx.workDir, `${file}.qemu-img.raw`);

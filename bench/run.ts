@@ -1,7 +1,7 @@
 /**
  * Runs the benchmarks and writes a markdown report to bench/results/ (dated file + latest.md), printing it too.
  *
- *   npm run bench                          all benchmarks (from the repository root or bench/)
+ *   npm run bench                          issue 10's table (from the repository root or bench/); `all` for every benchmark
  *   npm run bench -- convert-raw           one (or several) by name
  *   node --import tsx bench/run.ts [names] [--runs N] [--cold] [--build] [--no-save] [--clean]
  *
@@ -18,21 +18,23 @@ import { map } from './map.js';
 import { vmSnapshot } from './vm-snapshot.js';
 import { convertQcow2 } from './convert-qcow2.js';
 import { snapshot } from './snapshot.js';
+import { ROW_KEYS, table } from './table.js';
 import type { BenchContext, BenchResult, Benchmark } from './lib/bench.js';
 import { describeEnvironment } from './lib/env.js';
 import { benchTempDir, cleanImageCache, imageCacheDir } from './lib/images.js';
 import { dropCachesUnavailable, formatCommand, hasGnuTime, type CacheMode } from './lib/process.js';
 import { renderReport } from './lib/report.js';
 
-const BENCHMARKS: Benchmark[] = [convertRaw, map, convertQcow2, snapshot, commitRebase, vmSnapshot];
+const BENCHMARKS: Benchmark[] = [table, convertRaw, map, convertQcow2, snapshot, commitRebase, vmSnapshot];
 
 const benchDir = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(benchDir, '..');
 
-const USAGE = `usage: run.ts [BENCHMARK...] [--runs N] [--cold | --warm] [--build] [--no-save] [--clean]
+const USAGE = `usage: run.ts [BENCHMARK...|all] [--only KEY,...] [--runs N] [--cold | --warm] [--build] [--no-save] [--clean]
 
-  BENCHMARK   ${BENCHMARKS.map((b) => b.name).join(', ')} (default: all)
-  --runs N    timed runs per tool and case (default: convert-raw 5, map 10)
+  BENCHMARK   ${BENCHMARKS.map((b) => b.name).join(', ')}, or all (default: table, issue 10's whole table)
+  --only K,.. table rows to run: ${ROW_KEYS.join(', ')}
+  --runs N    timed runs per tool and case (default: table 3, convert-raw 5, map 10)
   --cold      drop the page cache before every run (needs root); default --warm
   --build     build qcowkit first (npm run build: tsc -b, then the CLI bundle)
   --no-save   print the report without writing bench/results/
@@ -40,6 +42,7 @@ const USAGE = `usage: run.ts [BENCHMARK...] [--runs N] [--cold | --warm] [--buil
 
 interface Options {
   names: string[];
+  only?: string[];
   runs?: number;
   mode: CacheMode;
   build: boolean;
@@ -57,6 +60,13 @@ function parseArgs(argv: string[]): Options {
         const value = Number(inline ?? argv[++i]);
         if (!Number.isInteger(value) || value < 1) throw new Error('--runs needs a positive integer');
         options.runs = value;
+        break;
+      }
+      case '--only': {
+        const keys = String(inline ?? argv[++i] ?? '').split(',').filter(Boolean);
+        const unknown = keys.filter((k) => !(ROW_KEYS as readonly string[]).includes(k));
+        if (keys.length === 0 || unknown.length > 0) throw new Error(`--only takes table rows: ${ROW_KEYS.join(', ')}${unknown.length > 0 ? ` (not: ${unknown.join(', ')})` : ''}`);
+        options.only = keys;
         break;
       }
       case '--cold':
@@ -80,6 +90,10 @@ function parseArgs(argv: string[]): Options {
         process.exit(0);
       default:
         if (arg.startsWith('-')) throw new Error(`unknown option ${arg}\n${USAGE}`);
+        if (arg === 'all') {
+          options.names.push(...BENCHMARKS.map((b) => b.name));
+          break;
+        }
         if (!BENCHMARKS.some((b) => b.name === arg)) throw new Error(`unknown benchmark '${arg}' (have: ${BENCHMARKS.map((b) => b.name).join(', ')})`);
         options.names.push(arg);
     }
@@ -116,10 +130,10 @@ function main(): void {
   if (env.staleBuild) log(`WARNING: ${env.staleBuild}`);
   if (!hasGnuTime()) log('WARNING: /usr/bin/time (GNU time) not found: peak RSS and CPU time will be n/a. On Debian: apt-get install -y time');
 
-  const selected = options.names.length === 0 ? BENCHMARKS : BENCHMARKS.filter((b) => options.names.includes(b.name));
+  const selected = options.names.length === 0 ? [table] : BENCHMARKS.filter((b) => options.names.includes(b.name));
   const workDir = join(benchTempDir(), `work-${process.pid}`);
   mkdirSync(workDir, { recursive: true });
-  const ctx: BenchContext = { runs: options.runs, mode: options.mode, repoRoot, workDir, qcowkit: ['packages/cli/bin/qcowkit.js'], log };
+  const ctx: BenchContext = { runs: options.runs, ...(options.only === undefined ? {} : { only: options.only }), mode: options.mode, repoRoot, workDir, qcowkit: ['packages/cli/bin/qcowkit.js'], log };
   const startedAt = new Date();
   const loadStart = loadavg()[0]!;
   const results: BenchResult[] = [];

@@ -24,7 +24,7 @@ interface PreallocatedParams {
   snapshots: string[];
 }
 
-function preallocatedImage(name: string, params: PreallocatedParams): ImageMaker<PreallocatedParams> {
+export function preallocatedImage(name: string, params: PreallocatedParams): ImageMaker<PreallocatedParams> {
   return { name, version: 1, params, build: buildPreallocated };
 }
 
@@ -108,7 +108,7 @@ function checkResults(result: CaseResult, qemuOut: string, qcowkitOut: string): 
 // Cases.
 
 /** A write case: each run works on its own fresh copy of `image`. */
-function writeCase(ctx: BenchContext, name: string, image: BuiltImage, args: string[], runs: number): CaseResult {
+export function writeCase(ctx: BenchContext, name: string, image: BuiltImage, args: string[], runs: number): CaseResult {
   const file = name.replace(/[^\w.-]+/g, '_');
   const qemuOut = join(ctx.workDir, `${file}.qemu-img.qcow2`);
   const qcowkitOut = join(ctx.workDir, `${file}.qcowkit.qcow2`);
@@ -134,7 +134,7 @@ function writeCase(ctx: BenchContext, name: string, image: BuiltImage, args: str
 }
 
 /** Read-only `check`: both tools on the cached image itself; their stdout is compared. */
-function checkCase(ctx: BenchContext, image: BuiltImage, runs: number): CaseResult {
+export function checkCase(ctx: BenchContext, image: BuiltImage, runs: number): CaseResult {
   const qemuOut = join(ctx.workDir, 'check.qemu-img.txt');
   const qcowkitOut = join(ctx.workDir, 'check.qcowkit.txt');
   const result = comparePair(

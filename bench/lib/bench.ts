@@ -10,6 +10,8 @@ export interface BenchContext {
   repoRoot: string;
   /** Scratch space for outputs (removed by run.ts afterwards). */
   workDir: string;
+  /** Only these cases, by key (a benchmark that has keys, like table's rows); undefined = all. */
+  only?: string[];
   /** How to start qcowkit: the bin users run, ["packages/cli/bin/qcowkit.js"] (relative to repoRoot). */
   qcowkit: string[];
   log(line: string): void;
@@ -35,6 +37,8 @@ export interface BenchResult {
   measures: string;
   cases: CaseResult[];
   notes: string[];
+  /** Markdown lines printed before everything else in the report (the table benchmark's summary). */
+  table?: string[];
 }
 
 export interface Benchmark {

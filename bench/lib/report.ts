@@ -76,6 +76,10 @@ export function renderReport(header: ReportHeader, results: readonly BenchResult
   }
   if (header.env.staleBuild) out.push(`- ⚠️ ${header.env.staleBuild}`);
   out.push('');
+  for (const r of results) {
+    if (r.table === undefined) continue;
+    out.push(`## ${r.title}`, '', ...r.table, '');
+  }
   out.push('## Summary', '');
   out.push(
     table(
