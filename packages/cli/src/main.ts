@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
-import { registerCommandsFor } from './commands/catalog.js';
+import { useBlockingFileIo } from '@qcowkit/qcow2/node';
+import { METADATA_COMMANDS, registerCommandsFor } from './commands/catalog.js';
 import { reportError } from './output/errors.js';
 import { cliVersion } from './output/version.js';
 
@@ -38,6 +39,7 @@ async function main(argv: string[]): Promise<number> {
   if (argv[2] === 'resize' && last !== undefined && /^-\d/.test(last) && !argv.includes('--')) argv = [...argv.slice(0, -1), '--', last];
   try {
     // The command is always the first argument (qemu-img style): only that one is loaded.
+    if (argv[2] !== undefined && METADATA_COMMANDS.has(argv[2])) useBlockingFileIo(true);
     const program = await buildProgram(argv[2]);
     await program.parseAsync(argv);
     return process.exitCode === undefined ? 0 : Number(process.exitCode);

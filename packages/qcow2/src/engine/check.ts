@@ -3,8 +3,9 @@ import { checkBitmapEntryConstraints, decodeBitmapDirectory, type BitmapDirector
 import { AutoclearFeature, MAX_L1_BYTES, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_BYTES } from '../format/constants.js';
 import { bitmapsExtensionOf } from '../format/header-extensions.js';
 import { HEADER_PROBE_BYTES, decodeHeader, hasBit, probeClusterBits, type Qcow2Header } from '../format/header.js';
-import { getRefcount, refcountEntriesPerBlock } from '../format/refcount-block.js';
+import { getRefcount, getRefcounts, refcountEntriesPerBlock } from '../format/refcount-block.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
+import { countPlainDataClusters, firstRefcountMismatch, skipRightCopiedFlags, type ClusterRun } from './check-scan.js';
 import { layoutOf, validateForIo, validateHeader, type ImageLayout } from './image-layout.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
@@ -166,6 +167,14 @@ export class ReferenceCounts {
     this.counts = new Uint32Array(Math.min(limit, size + 1));
   }
 
+  /**
+   * The counters themselves, for scans: entry i is cluster i's count, or 0xffffffff when it may continue in the
+   * overflow map (then ask get()).
+   */
+  get raw(): Uint32Array {
+    return this.counts;
+  }
+
   get(cluster: number): number {
     if (cluster >= this.counts.length) return 0;
     const base = this.counts[cluster]!;
@@ -217,6 +226,9 @@ export class ReferenceCounts {
     this.size = size;
   }
 }
+
+/** In the stored-refcount copy compareRefcounts keeps: not known there, ask the refcount block. */
+const UNKNOWN_REFCOUNT = 0xffffffff;
 
 /** peek()'s answer when the refcount block is not in memory yet. */
 export const NOT_CACHED = Symbol('not cached');
@@ -353,6 +365,19 @@ export class StoredRefcounts {
     return this.valueIn(block, cluster);
   }
 
+  /**
+   * The stored refcounts of clusters [start, start + out.length), which lie in one block, into `out`: false when
+   * they cannot be read that way (an unaligned block, 64-bit refcounts); then ask get() cluster by cluster.
+   */
+  async getRange(start: number, out: Uint32Array): Promise<boolean> {
+    if (this.layout.refcountBits === 64) return false;
+    const block = await this.block(Math.floor(start / this.entriesPerBlock));
+    if (block === 'unaligned') return false;
+    if (block === undefined) out.fill(0);
+    else getRefcounts(block.view, start % this.entriesPerBlock, this.layout.refcountBits, out);
+    return true;
+  }
+
   /** The stored refcount of `cluster`, or undefined when it cannot be read. */
   async get(cluster: number): Promise<number | undefined> {
     const block = await this.block(Math.floor(cluster / this.entriesPerBlock));
@@ -436,6 +461,13 @@ export class ImageChecker {
    */
   truncatedRegions: Array<{ offset: number; size: number }> = [];
   readonly messages: CheckMessage[] = [];
+  /**
+   * The stored refcounts as the last compareRefcounts read them (kept current through its repairs), so
+   * checkOflagCopied looks them up instead of asking per entry; undefined for 64-bit refcounts.
+   */
+  private storedCopy: Uint32Array | undefined;
+  /** One cluster-sized buffer for the L2 tables the passes read one after the other. */
+  private tableBuffer: Uint8Array | undefined;
   fixLeaks = false;
   fixErrors = false;
   protected readonly maxClusters: number;
@@ -461,6 +493,7 @@ export class ImageChecker {
   /** Reads the header and the refcount table afresh from the file (a repair may have moved them). */
   async load(): Promise<void> {
     this.fileSize = await this.storage.size();
+    this.storedCopy = undefined;
     const probe = new Uint8Array(Math.min(this.fileSize, HEADER_PROBE_BYTES));
     await this.storage.read(probe, 0);
     const clusterBits = probeClusterBits(probe);
@@ -567,6 +600,8 @@ export class ImageChecker {
   incRefcounts(offset: number | bigint, size: number, record?: number[]): void {
     if (size <= 0) return;
     const cs = this.clusterSize;
+    // The common case, one aligned cluster inside the file (every data cluster and L2 table): one counter.
+    if (record === undefined && size === cs && typeof offset === 'number' && offset % cs === 0 && offset < this.fileSize && this.refs.increment(offset / cs)) return;
     if (typeof offset === 'bigint' || offset + size - this.fileSize >= cs) {
       if (typeof offset === 'number' && offset < this.fileSize) this.truncatedRegions.push({ offset, size });
       this.message(
@@ -656,16 +691,31 @@ export class ImageChecker {
     }
   }
 
+  /** The buffer the passes read L2 tables into, one table at a time (no garbage of a cluster per table). */
+  private l2Buffer(): Uint8Array {
+    if (this.tableBuffer?.length !== this.clusterSize) this.tableBuffer = new Uint8Array(this.clusterSize);
+    return this.tableBuffer;
+  }
+
   private async checkL2(l2Offset: number, fragInfo: boolean, active: boolean): Promise<void> {
     const { clusterSize, clusterBits, l2Entries, l2EntryBytes, extendedL2, externalDataFile } = this.layout;
-    const table = new Uint8Array(clusterSize);
+    const table = this.l2Buffer();
     await readZeroPadded(this.storage, table, l2Offset);
     const view = new DataView(table.buffer);
     const csizeShift = 62 - (clusterBits - 8);
     const offsetBitsInHi = csizeShift - 32;
     const csizeMask = 2 ** (clusterBits - 8) - 1;
-    let nextContiguous = 0;
+    // Fragmentation statistics (active L1 only), shared by the scan and the general path.
+    const run: ClusterRun = { next: 0, allocated: 0, fragmented: 0 };
+    // Plain data clusters (a 200 GiB image has 3.2 million) are counted by a synchronous scan of the table; the
+    // general path below takes the entries it stops at. Standard L2 entries without an external data file only.
+    const scan = !extendedL2 && !externalDataFile;
+    const countBelow = Math.min(this.refs.max, 0xfffffffe);
     for (let i = 0; i < l2Entries; i++) {
+      if (scan) {
+        i = countPlainDataClusters(view, i, l2Entries, clusterBits, this.fileSize, this.refs.raw, countBelow, fragInfo ? run : undefined);
+        if (i >= l2Entries) break;
+      }
       const at = i * l2EntryBytes;
       let hi = view.getUint32(at);
       const lo = view.getUint32(at + 4);
@@ -739,9 +789,9 @@ export class ImageChecker {
             }
           }
           if (fragInfo) {
-            this.res.allocatedClusters++;
-            if (nextContiguous !== 0 && offset !== nextContiguous) this.res.fragmentedClusters++;
-            nextContiguous = offset + clusterSize;
+            run.allocated++;
+            if (run.next !== 0 && offset !== run.next) run.fragmented++;
+            run.next = offset + clusterSize;
           }
           if (!externalDataFile) this.incRefcounts(offset, clusterSize);
           break;
@@ -756,6 +806,8 @@ export class ImageChecker {
           break;
       }
     }
+    this.res.allocatedClusters += run.allocated;
+    this.res.fragmentedClusters += run.fragmented;
   }
 
   /** Bitmaps are counted only when qemu would load them: v3 with the bitmaps autoclear bit set. */
@@ -866,37 +918,64 @@ export class ImageChecker {
 
   async compareRefcounts(fixLeaks: boolean, fixErrors: boolean): Promise<void> {
     this.highestCluster = 0;
-    for (let i = 0; i < this.refs.size; i++) {
-      const peeked = this.stored.peek(i);
-      const stored = peeked === NOT_CACHED ? await this.stored.get(i) : peeked;
-      if (stored === undefined) {
-        this.message('refcount-unreadable', `Can't get refcount for cluster ${i}: Input/output error`);
-        this.res.checkErrors++;
+    const size = this.refs.size;
+    const perBlock = this.stored.entriesPerBlock;
+    const copy = this.layout.refcountBits === 64 ? undefined : new Uint32Array(size);
+    const counts = this.refs.raw;
+    // Block by block: one read, a synchronous decode, a tight comparison; a cluster whose counts differ (or that
+    // cannot be compared this way) takes compareOne, with qemu's messages and the repairs.
+    for (let start = 0; start < size; start += perBlock) {
+      const end = Math.min(size, (Math.floor(start / perBlock) + 1) * perBlock);
+      const values = copy?.subarray(start, end);
+      if (values === undefined || !(await this.stored.getRange(start, values))) {
+        // UNKNOWN_REFCOUNT where a refcount cannot be read: checkOflagCopied asks again there.
+        values?.fill(UNKNOWN_REFCOUNT);
+        for (let i = start; i < end; i++) await this.compareOne(i, undefined, fixLeaks, fixErrors, copy);
         continue;
       }
-      const references = this.refs.get(i);
-      if (stored > 0 || references > 0) this.highestCluster = i;
-      if (stored === references) continue;
-      let fixed: 'leaks' | 'corruptions' | undefined;
-      if (stored === 0) this.rebuild = true;
-      else if (stored > references && fixLeaks) fixed = 'leaks';
-      else if (stored < references && fixErrors) fixed = 'corruptions';
-      const word = fixed !== undefined ? 'Repairing' : stored < references ? 'ERROR' : 'Leaked';
-      this.message(stored < references ? 'refcount-too-low' : 'leak', `${word} cluster ${i} refcount=${stored} reference=${references}`);
-      if (fixed !== undefined && (await this.repairRefcount(i, references))) {
-        if (fixed === 'leaks') this.res.leaksFixed++;
-        else this.res.corruptionsFixed++;
-        continue;
+      const highest = { cluster: this.highestCluster };
+      for (let i = firstRefcountMismatch(values, start, counts, start, end, highest); i < end; i = firstRefcountMismatch(values, start, counts, i + 1, end, highest)) {
+        this.highestCluster = highest.cluster;
+        await this.compareOne(i, values[i - start]!, fixLeaks, fixErrors, copy);
+        highest.cluster = this.highestCluster;
       }
-      if (stored < references) this.res.corruptions++;
-      else this.res.leaks++;
+      this.highestCluster = highest.cluster;
     }
+    this.storedCopy = copy;
     await this.refcountRepairsDone();
+  }
+
+  /** One cluster of compareRefcounts: `stored` as read, or undefined to read it here. */
+  private async compareOne(i: number, known: number | undefined, fixLeaks: boolean, fixErrors: boolean, copy: Uint32Array | undefined): Promise<void> {
+    const stored = known ?? (await this.stored.get(i));
+    if (stored === undefined) {
+      this.message('refcount-unreadable', `Can't get refcount for cluster ${i}: Input/output error`);
+      this.res.checkErrors++;
+      return;
+    }
+    if (copy !== undefined) copy[i] = stored;
+    const references = this.refs.get(i);
+    if (stored > 0 || references > 0) this.highestCluster = i;
+    if (stored === references) return;
+    let fixed: 'leaks' | 'corruptions' | undefined;
+    if (stored === 0) this.rebuild = true;
+    else if (stored > references && fixLeaks) fixed = 'leaks';
+    else if (stored < references && fixErrors) fixed = 'corruptions';
+    const word = fixed !== undefined ? 'Repairing' : stored < references ? 'ERROR' : 'Leaked';
+    this.message(stored < references ? 'refcount-too-low' : 'leak', `${word} cluster ${i} refcount=${stored} reference=${references}`);
+    if (fixed !== undefined && (await this.repairRefcount(i, references))) {
+      if (fixed === 'leaks') this.res.leaksFixed++;
+      else this.res.corruptionsFixed++;
+      if (copy !== undefined) copy[i] = references;
+      return;
+    }
+    if (stored < references) this.res.corruptions++;
+    else this.res.leaks++;
   }
 
   async checkOflagCopied(): Promise<void> {
     const repair = this.fixErrors || (this.fixLeaks && this.res.checkErrors === 0 && this.res.corruptions === 0 && this.res.leaks === 0);
-    const { clusterSize, l2Entries, l2EntryBytes, externalDataFile, extendedL2 } = this.layout;
+    const { clusterSize, clusterBits, l2Entries, l2EntryBytes, externalDataFile, extendedL2 } = this.layout;
     const l1Size = this.header.l1Size;
     const l1 = new Uint8Array(l1Size * 8);
     await readZeroPadded(this.storage, l1, this.header.l1TableOffset);
@@ -919,25 +998,35 @@ export class ImageChecker {
           this.res.corruptionsFixed++;
         }
       }
-      const table = new Uint8Array(clusterSize);
+      const table = this.l2Buffer();
       await readZeroPadded(this.storage, table, l2Offset);
       const view = new DataView(table.buffer);
+      const copy = this.storedCopy;
       let dirty = 0;
       for (let j = 0; j < l2Entries; j++) {
+        // Entries whose flag is right by the refcounts compareRefcounts read are skipped in one synchronous scan.
+        if (copy !== undefined && !externalDataFile) {
+          j = skipRightCopiedFlags(view, j, l2Entries, l2EntryBytes, clusterBits, copy, UNKNOWN_REFCOUNT);
+          if (j >= l2Entries) break;
+        }
         const at = j * l2EntryBytes;
         const hi = view.getUint32(at);
         const lo = view.getUint32(at + 4);
         if ((hi & 0x40000000) !== 0) continue;
         const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
         const copied = (hi & 0x80000000) !== 0;
+        const cluster = Math.floor(offset / clusterSize);
         const zeroFlag = (lo & 1) !== 0 && !extendedL2;
         const isData = zeroFlag ? offset !== 0 : offset !== 0 || (externalDataFile && copied);
         if (!isData) continue;
         let refcount: number | undefined = 1;
         if (!externalDataFile) {
-          const cluster = Math.floor(offset / clusterSize);
-          const peeked = this.stored.peek(cluster);
-          refcount = peeked === NOT_CACHED ? await this.stored.get(cluster) : peeked;
+          const known = copy !== undefined && cluster < copy.length ? copy[cluster]! : UNKNOWN_REFCOUNT;
+          if (known !== UNKNOWN_REFCOUNT) refcount = known;
+          else {
+            const peeked = this.stored.peek(cluster);
+            refcount = peeked === NOT_CACHED ? await this.stored.get(cluster) : peeked;
+          }
         }
         if (refcount === undefined) continue;
         if ((refcount === 1) !== copied) {

@@ -1,8 +1,9 @@
 import { Qcow2Error } from '../errors.js';
 import { MAX_REFCOUNT_TABLE_BYTES } from '../format/constants.js';
-import { getRefcount, maxRefcount, refcountEntriesPerBlock, setRefcount } from '../format/refcount-block.js';
+import { adjustRefcounts, getRefcount, maxRefcount, refcountEntriesPerBlock, refcountWords, scanFree, type RefcountWords } from '../format/refcount-block.js';
 import type { SnapshotEntry } from '../format/snapshot-table.js';
 import { readU64, viewOf, writeU64 } from '../format/struct.js';
+import { WRITE_CHUNK } from '../io/write-size.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import type { Refcounts } from './refcounts.js';
 
@@ -34,7 +35,7 @@ import type { Refcounts } from './refcounts.js';
 const SWITCH_FIELDS_AT = 24;
 const SWITCH_FIELDS_BYTES = 48;
 /** Largest write of new clusters at once. */
-const MAX_WRITE = 4 * 1024 * 1024;
+const MAX_WRITE = WRITE_CHUNK;
 
 export interface SwitchTarget {
   /** Virtual disk size after the switch. */
@@ -44,6 +45,10 @@ export interface SwitchTarget {
   l1TableOffset: number;
   /** The new snapshot table, when it changes: entries, where it was written, its encoded length. */
   snapshots?: { entries: SnapshotEntry[]; offset: number; tableBytes: number };
+}
+
+function bytesOf(view: DataView): Uint8Array {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
 }
 
 export class MetadataSwitch {
@@ -61,6 +66,10 @@ export class MetadataSwitch {
   private runCursor = 0;
   private fileEnd: number;
   private committed = false;
+  /** peek()'s last block: its index, the view it read, and the new block there was then (a new one invalidates). */
+  private peekedIndex = -1;
+  private peekedView: DataView | undefined;
+  private peekedNew: DataView | undefined;
 
   constructor(
     private readonly image: Qcow2Image,
@@ -108,6 +117,27 @@ export class MetadataSwitch {
     return this.oldRefcount(cluster);
   }
 
+  /** Reads the refcount block that counts `cluster`, so peek() answers for it without waiting. */
+  async load(cluster: number): Promise<void> {
+    await this.oldBlock(Math.floor(cluster / this.entriesPerBlock));
+  }
+
+  /** The refcount of `cluster` after the switch, when its block is in memory (see load()); else undefined. */
+  peek(cluster: number): number | undefined {
+    const blockIndex = Math.floor(cluster / this.entriesPerBlock);
+    // Scans ask for neighbouring clusters: the last block found answers most of them.
+    if (blockIndex === this.peekedIndex && this.peekedView !== undefined && this.newBlocks.get(blockIndex)?.view === this.peekedNew) {
+      return getRefcount(this.peekedView, cluster % this.entriesPerBlock, this.refcountBits);
+    }
+    const fresh = this.newBlocks.get(blockIndex)?.view;
+    const view = fresh ?? this.oldBlocks.get(blockIndex);
+    this.peekedIndex = blockIndex;
+    this.peekedView = view;
+    this.peekedNew = fresh;
+    if (view !== undefined) return getRefcount(view, cluster % this.entriesPerBlock, this.refcountBits);
+    return (this.oldTable[blockIndex] ?? 0) === 0 ? 0 : undefined;
+  }
+
   private async newBlock(blockIndex: number): Promise<DataView> {
     let block = this.newBlocks.get(blockIndex);
     if (block === undefined) {
@@ -130,16 +160,16 @@ export class MetadataSwitch {
     for (let c = cluster; c < end; ) {
       const blockIndex = Math.floor(c / this.entriesPerBlock);
       const view = await this.newBlock(blockIndex);
-      const blockEnd = Math.min(end, (blockIndex + 1) * this.entriesPerBlock);
-      for (; c < blockEnd; c++) {
-        const index = c % this.entriesPerBlock;
-        const value = getRefcount(view, index, this.refcountBits) + delta;
-        if (value < 0) throw new Qcow2Error('BAD_HEADER', `refcount of cluster ${c} would drop below zero`, { file: this.image.name });
-        if (value > this.max) {
-          throw new Qcow2Error('BAD_ARGUMENT', `refcount of cluster ${c} would overflow ${this.refcountBits} bits`, { file: this.image.name });
-        }
-        setRefcount(view, index, this.refcountBits, value);
+      const first = blockIndex * this.entriesPerBlock;
+      const blockEnd = Math.min(end, first + this.entriesPerBlock);
+      // One synchronous loop per block; it stops at an entry that would leave the refcount range.
+      const bad = adjustRefcounts(view, c - first, blockEnd - first, this.refcountBits, delta, this.max);
+      if (bad >= 0) {
+        const at = first + bad;
+        if (getRefcount(view, bad, this.refcountBits) + delta < 0) throw new Qcow2Error('BAD_HEADER', `refcount of cluster ${at} would drop below zero`, { file: this.image.name });
+        throw new Qcow2Error('BAD_ARGUMENT', `refcount of cluster ${at} would overflow ${this.refcountBits} bits`, { file: this.image.name });
       }
+      c = blockEnd;
     }
   }
 
@@ -159,6 +189,28 @@ export class MetadataSwitch {
         if (run === 0) start = c;
         run += blockEnd - c;
         c = blockEnd;
+        continue;
+      }
+      const oldWords = old === undefined ? undefined : refcountWords(bytesOf(old), this.refcountBits);
+      const freshWords = fresh === undefined ? undefined : refcountWords(bytesOf(fresh), this.refcountBits);
+      if ((old === undefined || oldWords !== undefined) && (fresh === undefined || freshWords !== undefined)) {
+        // Whole entries as words: runs of free clusters found by synchronous scans of the block.
+        const words = this.refcountBits === 64 ? 2 : 1;
+        const first = blockIndex * this.entriesPerBlock;
+        while (c < blockEnd && run < count) {
+          if (run === 0) {
+            c = first + scanFree(oldWords, freshWords, c - first, blockEnd - first, words, true);
+            if (c >= blockEnd) break;
+            start = c;
+          }
+          const busy = first + scanFree(oldWords, freshWords, c - first, Math.min(blockEnd, c + count - run) - first, words, false);
+          run += busy - c;
+          c = busy;
+          if (run < count && c < blockEnd) {
+            run = 0;
+            c++;
+          }
+        }
         continue;
       }
       for (; c < blockEnd && run < count; c++) {

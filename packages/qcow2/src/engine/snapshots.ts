@@ -6,6 +6,7 @@ import { COMPRESSED_HI, COPIED_HI, decodeCompressedDescriptor, entryHostOffset }
 import { BitmapFlag, decodeBitmapDirectory, hasBitmapFlag, MAX_BITMAP_DIRECTORY_BYTES } from '../format/bitmap-directory.js';
 import type { Qcow2Writer } from './image-writer.js';
 import type { L1Table } from './mapping.js';
+import { WRITE_CHUNK } from '../io/write-size.js';
 import { MetadataSwitch } from './metadata-switch.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
@@ -30,7 +31,7 @@ import type { Qcow2Image } from './qcow2-image.js';
  * Unlike qemu, the active side never shares L2 tables with a snapshot (a later write would copy them anyway).
  */
 
-const MAX_WRITE = 4 * 1024 * 1024;
+const MAX_WRITE = WRITE_CHUNK;
 
 /**
  * What an L1 table reaches: its L2 tables (one reference each, by L1 entry), the runs of consecutive data
@@ -53,6 +54,27 @@ function corruptEntry(image: Qcow2Image, what: string): Qcow2Error {
   return new Qcow2Error('BAD_L2_ENTRY', what, { file: image.name });
 }
 
+/**
+ * Appends to `runs` the data clusters of standard entries [from, entries) of an L2 table, merging consecutive
+ * ones, and returns the first entry that needs a closer look (compressed, misaligned, past `fileClusters`).
+ */
+function collectDataRuns(table: DataView, from: number, entries: number, entryBytes: number, clusterBits: number, fileClusters: number, runs: Array<[number, number]>): number {
+  const clustersPer4G = 2 ** (32 - clusterBits);
+  const misaligned = (2 ** clusterBits - 1) & 0xfffffe00;
+  let last = runs[runs.length - 1];
+  for (let j = from; j < entries; j++) {
+    const hi = table.getUint32(j * entryBytes);
+    const lo = table.getUint32(j * entryBytes + 4);
+    if ((hi & COMPRESSED_HI) !== 0 || (lo & misaligned) !== 0) return j;
+    const cluster = (hi & 0x00ffffff) * clustersPer4G + (lo >>> clusterBits);
+    if (cluster === 0) continue;
+    if (cluster >= fileClusters) return j;
+    if (last !== undefined && last[0] + last[1] === cluster) last[1]++;
+    else runs.push((last = [cluster, 1]));
+  }
+  return entries;
+}
+
 async function reachOf(image: Qcow2Image, l1: L1Table): Promise<Reach> {
   const { clusterSize, clusterBits, l2Entries, l2EntryBytes, externalDataFile } = image.layout;
   const fileClusters = Math.ceil(image.fileSize / clusterSize);
@@ -70,6 +92,11 @@ async function reachOf(image: Qcow2Image, l1: L1Table): Promise<Reach> {
     reach.tables.push(l2Offset / clusterSize);
     const table = viewOf(await image.l2Table(l2Offset));
     for (let j = 0; j < l2Entries; j++) {
+      // Plain data entries in one synchronous scan; the loop below takes the entries it stops at.
+      if (!externalDataFile) {
+        j = collectDataRuns(table, j, l2Entries, l2EntryBytes, clusterBits, fileClusters, reach.runs);
+        if (j >= l2Entries) break;
+      }
       const hi = table.getUint32(j * l2EntryBytes);
       const lo = table.getUint32(j * l2EntryBytes + 4);
       if ((hi & COMPRESSED_HI) !== 0) {
@@ -128,6 +155,11 @@ async function writeNew(sw: MetadataSwitch, image: Qcow2Image, bytes: Uint8Array
   return offset;
 }
 
+/** Clears COPIED in the L2 entries of bytes [from, to) of `table`. */
+function clearCopiedFlags(table: DataView, from: number, to: number, entryBytes: number): void {
+  for (let at = from; at < to; at += entryBytes) table.setUint32(at, (table.getUint32(at) & ~COPIED_HI) >>> 0);
+}
+
 /**
  * A new active L1 of `entries` entries whose L2 tables are fresh copies of the ones `source` points at, every
  * data entry's COPIED clear (the caller gave each data cluster one more reference, so none has refcount 1) and
@@ -151,9 +183,7 @@ async function activeCopiesOf(image: Qcow2Image, sw: MetadataSwitch, source: L1T
     for (const [k, i] of chunkIndexes.entries()) {
       const l2Offset = entryHostOffset(source.view.getUint32(i * 8), source.view.getUint32(i * 8 + 4));
       chunk.set(await image.l2Table(l2Offset), k * clusterSize);
-      for (let at = k * clusterSize; at < (k + 1) * clusterSize; at += l2EntryBytes) {
-        view.setUint32(at, (view.getUint32(at) & ~COPIED_HI) >>> 0);
-      }
+      clearCopiedFlags(view, k * clusterSize, (k + 1) * clusterSize, l2EntryBytes);
       const copy = run + (first + k) * clusterSize;
       l1View.setUint32(i * 8, (COPIED_HI | Math.floor(copy / 0x100000000)) >>> 0);
       l1View.setUint32(i * 8 + 4, copy >>> 0);
@@ -181,23 +211,30 @@ async function activeWithCopiedRecomputed(image: Qcow2Image, sw: MetadataSwitch)
     if (l2Offset === 0) continue;
     const table = await image.l2Table(l2Offset);
     const view = viewOf(table);
-    const flags: Array<[at: number, hi: number]> = [];
+    // The corrected copy, made at the first flag to change (no garbage per entry).
+    let fixed: DataView | undefined;
     for (let j = 0; j < l2Entries; j++) {
       const at = j * l2EntryBytes;
       const entryHi = view.getUint32(at);
       if ((entryHi & COMPRESSED_HI) !== 0) continue;
       const host = entryHostOffset(entryHi, view.getUint32(at + 4));
       if (host === 0 && !(externalDataFile && (entryHi & COPIED_HI) !== 0)) continue;
-      const copied = externalDataFile || (await sw.get(host / clusterSize)) === 1;
+      // Synchronous in the common case: only a refcount block not yet in memory is waited for.
+      let refcount = externalDataFile ? 1 : sw.peek(host / clusterSize);
+      if (refcount === undefined) {
+        await sw.load(host / clusterSize);
+        refcount = sw.peek(host / clusterSize)!;
+      }
+      const copied = externalDataFile || refcount === 1;
       const newHi = copied ? (entryHi | COPIED_HI) >>> 0 : (entryHi & ~COPIED_HI) >>> 0;
-      if (newHi !== entryHi) flags.push([at, newHi]);
+      if (newHi !== entryHi) {
+        fixed ??= viewOf(table.slice());
+        fixed.setUint32(at, newHi);
+      }
     }
     let target = l2Offset;
-    if (flags.length > 0) {
-      const copy = table.slice();
-      const copyView = viewOf(copy);
-      for (const [at, newHi] of flags) copyView.setUint32(at, newHi);
-      target = await writeNew(sw, image, copy);
+    if (fixed !== undefined) {
+      target = await writeNew(sw, image, new Uint8Array(fixed.buffer, fixed.byteOffset, fixed.byteLength));
       await sw.free(l2Offset, 1);
     }
     const copied = (await sw.get(target / clusterSize)) === 1;

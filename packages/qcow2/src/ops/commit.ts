@@ -30,6 +30,7 @@ import type { CompressionCodecs } from '../engine/compression.js';
 import { makeEmpty } from '../engine/make-empty.js';
 import { Qcow2Image } from '../engine/qcow2-image.js';
 import { Qcow2Error } from '../errors.js';
+import { WRITE_CHUNK } from '../io/write-size.js';
 import type { Storage } from '../io/storage.js';
 import { walkExtents } from './extent-walk.js';
 
@@ -71,7 +72,7 @@ export interface CommitRange {
   action: 'copy' | 'zero';
 }
 
-const CHUNK = 4 * 1024 * 1024;
+const CHUNK = WRITE_CHUNK;
 
 /**
  * The ranges that committing `top` into the layer at `baseDepth` of its chain must write: what the layers above

@@ -1,4 +1,5 @@
 import type { BlockDevice } from '../device/block-device.js';
+import { WRITE_CHUNK } from '../io/write-size.js';
 
 /**
  * How a bulk copy (convert) moves data, with qemu-img convert's knobs: `-m` requests in flight (1..16, default 8)
@@ -17,12 +18,8 @@ export interface CopyPipelineOptions {
 export const DEFAULT_COPY_DEPTH = 8;
 /** qemu-img -m accepts 1..16. */
 export const MAX_COPY_DEPTH = 16;
-/**
- * Requests of 1 MiB: a write that covers a whole 2 MiB-aligned range of a file makes the kernel give it a huge
- * page-cache folio, and measured 3-5 times more system time per byte than 1 MiB writes (Linux 6.x ext4, issue
- * 10); 1 MiB still amortises each call, and a chunk read, scanned and written stays within a core's L2.
- */
-export const COPY_CHUNK = 1024 * 1024;
+/** Requests of WRITE_CHUNK (1 MiB, see io/write-size.ts): a chunk read, scanned and written stays in a core's L2. */
+export const COPY_CHUNK = WRITE_CHUNK;
 /** Buffer bytes in flight at most: memory stays bounded whatever -m and the chunk size (-S up to 16 MiB). */
 export const MAX_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
 

@@ -33,6 +33,7 @@ import { Qcow2Device } from '../device/qcow2-device.js';
 import { setBackingReference } from '../engine/backing-reference.js';
 import type { CompressionCodecs } from '../engine/compression.js';
 import { Qcow2Error } from '../errors.js';
+import { WRITE_CHUNK } from '../io/write-size.js';
 import { chainLayers } from './commit.js';
 import { walkExtents } from './extent-walk.js';
 import { isZero } from './zero-detect.js';
@@ -61,7 +62,8 @@ export interface RebaseResult {
   copiedBytes: number;
 }
 
-const CHUNK = 4 * 1024 * 1024;
+/** Compared and written in pieces of this size (see io/write-size.ts). */
+const CHUNK = WRITE_CHUNK;
 
 interface NativeCompare {
   compare(a: Uint8Array, b: Uint8Array): number;
