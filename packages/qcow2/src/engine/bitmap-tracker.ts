@@ -1,6 +1,6 @@
 import { BitmapFlag, hasBitmapFlag } from '../format/bitmap-directory.js';
 import { setBitmapBits } from '../format/bitmap-table.js';
-import { BitmapEditor, loadBitmapState } from './bitmaps.js';
+import { BitmapEditor, loadBitmapState, readBitmapTable } from './bitmaps.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import type { Refcounts } from './refcounts.js';
 
@@ -28,11 +28,13 @@ export class BitmapTracker {
     private readonly names: string[],
   ) {}
 
-  /** A tracker when the image has consistent persistent bitmaps, else undefined. */
+  /** A tracker when the image has consistent persistent bitmaps, else undefined; throws when they cannot be read. */
   static async attach(image: Qcow2Image, refcounts: Refcounts): Promise<BitmapTracker | undefined> {
     const state = await loadBitmapState(image);
     if (!state.consistent || state.entries.length === 0) return undefined;
     const enabled = state.entries.filter((e) => hasBitmapFlag(e.flags, BitmapFlag.Auto) && !hasBitmapFlag(e.flags, BitmapFlag.InUse));
+    // Tables that cannot be read now could not be stored on close: refuse here, so the writer voids the bitmaps.
+    for (const entry of enabled) await readBitmapTable(image, entry);
     return new BitmapTracker(image, refcounts, enabled.map((e) => e.name));
   }
 
