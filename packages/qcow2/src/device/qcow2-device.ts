@@ -131,10 +131,18 @@ export class Qcow2Device implements BlockDevice {
   /** Changes the virtual size (qemu-img resize); shrinking drops the data past the new end. */
   async resize(newSize: number): Promise<void> {
     const oldSize = this.size;
+    const clusterSize = this.image.layout.clusterSize;
+    // The last cluster of a shrunk disk keeps its bytes past the new end, and growing would show them again
+    // (qemu 7.2 does show them). Zero them while they are still inside the disk, before the size changes, so a
+    // kill in between leaves the old disk or a clean new one.
+    if (newSize < oldSize && newSize % clusterSize !== 0) {
+      await this.writeZeroes(newSize, Math.min(oldSize, Math.ceil(newSize / clusterSize) * clusterSize) - newSize);
+    }
     await this.requireWriter().resize(newSize);
-    // A grown disk reads zeros in its new part, even where a longer backing file has data (as qemu ensures).
-    const exposed = Math.min(newSize, this.backing?.size ?? 0) - oldSize;
-    if (exposed > 0) await this.writeZeroes(oldSize, exposed);
+    // A grown disk reads zeros in its new part: where a longer backing file has data (as qemu ensures), and in
+    // the rest of its old last cluster, which an image shrunk by another tool may still hold data in.
+    const exposedEnd = Math.min(newSize, Math.max(this.backing?.size ?? 0, Math.ceil(oldSize / clusterSize) * clusterSize));
+    if (exposedEnd > oldSize) await this.writeZeroes(oldSize, exposedEnd - oldSize);
   }
 
   async read(buffer: Uint8Array, offset: number): Promise<void> {
