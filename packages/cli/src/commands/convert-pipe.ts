@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { RawDevice, convertToQcow2Stream, convertToRawStream, isZero, type BlockDevice, type ByteSink, type ClusterCompressor } from '@qcowkit/qcow2/engine';
+import { RawDevice, convertToQcow2Stream, convertToRawStream, isZero, type BlockDevice, type ByteSink, type ClusterCompressor, type RateLimiter } from '@qcowkit/qcow2/engine';
 import { FileStorage } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import type { ImageOptions } from '../output/image-options.js';
@@ -19,13 +19,18 @@ async function scratchFile(label: string): Promise<FileStorage> {
   }
 }
 
-/** Standard output as a sink: each write resolves once Node has handed the bytes on, so buffers can be reused. */
-function stdoutSink(): ByteSink {
+/**
+ * Standard output as a sink: each write resolves once Node has handed the bytes on, so buffers can be reused;
+ * with -r, no faster than the rate.
+ */
+function stdoutSink(rateLimiter: RateLimiter | undefined): ByteSink {
   return {
-    write: (bytes) =>
-      new Promise<void>((resolve, reject) => {
+    write: async (bytes) => {
+      await rateLimiter?.take(bytes.length);
+      await new Promise<void>((resolve, reject) => {
         process.stdout.write(bytes, (error) => (error ? reject(error) : resolve()));
-      }),
+      });
+    },
   };
 }
 
@@ -46,10 +51,10 @@ export async function convertToStdout(
   source: BlockDevice,
   format: 'raw' | 'qcow2',
   options: ImageOptions,
-  settings: { sparseSize: number; compress?: ClusterCompressor },
+  settings: { sparseSize: number; compress?: ClusterCompressor; rateLimiter?: RateLimiter },
   onProgress: (done: number, total: number) => void,
 ): Promise<void> {
-  const sink = stdoutSink();
+  const sink = stdoutSink(settings.rateLimiter);
   if (format === 'raw') {
     await convertToRawStream(source, sink, onProgress);
     return;

@@ -154,7 +154,7 @@ export function registerConvert(program: Command): void {
       if (toStdout && !isCloudFormat(outputFormat)) {
         const options = parseImageOptions(flags.options, outputFormat);
         const compress = flags.compress ? clusterCompressor(options.qcow2.compressionType ?? 'zlib', options.qcow2.clusterSize ?? 65536) : undefined;
-        await convertToStdout(view, outputFormat, options, { sparseSize: settings.sparseSize, ...(compress === undefined ? {} : { compress }) }, progress.update);
+        await convertToStdout(view, outputFormat, options, { sparseSize: settings.sparseSize, ...(compress === undefined ? {} : { compress }), ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }) }, progress.update);
       } else if (outputFormat === 'qcow2') {
         await convertIntoQcow2(view, outputFilename, flags, settings, progress.update);
         if (flags.bitmaps) await copyBitmaps(source, outputFilename, flags.quiet === true);
