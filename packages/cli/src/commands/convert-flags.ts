@@ -1,4 +1,4 @@
-import { DEFAULT_COPY_DEPTH, MAX_COPY_DEPTH, RateLimiter, SalvagingDevice, type BlockDevice } from '@qcowkit/qcow2/engine';
+import { MAX_COPY_DEPTH, RateLimiter, SalvagingDevice, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
 import { cvtnum } from '../output/sizes.js';
 
@@ -27,15 +27,15 @@ export interface ConvertCopySettings {
   rateLimiter?: RateLimiter;
   /** -n without --target-is-zero: the existing target's data must be cleared where the source reads zeros. */
   clearTarget: boolean;
-  /** -m: requests in flight (qemu-img's coroutines, 1..16, default 8). */
-  parallel: number;
+  /** -m: requests in flight (qemu-img's coroutines, 1..16); undefined: the converter's default. */
+  parallel: number | undefined;
   /** -W: chunks are written as soon as they are read, not in guest order. */
   outOfOrder: boolean;
 }
 
 /** qemu-img -m: a C integer (strtol base 0: decimal, 0x hex, 0 octal), 1 to 16. */
-function parseCoroutines(text: string | undefined): number {
-  if (text === undefined) return DEFAULT_COPY_DEPTH;
+function parseCoroutines(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
   const match = /^\s*([+-]?)(0x[0-9a-f]+|0[0-7]*|[1-9][0-9]*)$/i.exec(text);
   const value = match === null ? Number.NaN : (match[1] === '-' ? -1 : 1) * Number.parseInt(match[2]!, /^0x/i.test(match[2]!) ? 16 : /^0./.test(match[2]!) ? 8 : 10);
   if (!(value >= 1 && value <= MAX_COPY_DEPTH)) {

@@ -72,7 +72,7 @@ async function convertIntoQcow2(
       ...(backing === undefined ? {} : { backing }),
       ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }),
       sparseSize: settings.sparseSize,
-      parallel: settings.parallel,
+      ...(settings.parallel === undefined ? {} : { parallel: settings.parallel }),
       outOfOrder: settings.outOfOrder,
       onProgress,
     });
@@ -171,7 +171,7 @@ export function registerConvert(program: Command): void {
             onProgress: progress.update,
             flush: cacheMode(flags) === 'writeback',
             keepTarget: flags.noCreate === true,
-            parallel: settings.parallel,
+            ...(settings.parallel === undefined ? {} : { parallel: settings.parallel }),
             outOfOrder: settings.outOfOrder,
             ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }),
           });

@@ -52,7 +52,7 @@ export { createVpc, vpcCreatedSize, type VpcCreateOptions } from '../formats/vpc
 export { vhdSizeFor, geometryFor, vhdVirtualSize, type ChsGeometry, type VhdSize } from '../formats/vpc/geometry.js';
 export { convertToQcow2, type ConvertToQcow2Options, type ClusterCompressor } from '../ops/convert-to-qcow2.js';
 export { RateLimiter } from '../ops/rate-limiter.js';
-export { COPY_CHUNK, DEFAULT_COPY_DEPTH, MAX_COPY_DEPTH, copyPipeline, type CopyPipelineOptions } from '../ops/copy-pipeline.js';
+export { COPY_CHUNK, DEFAULT_COMPRESS_DEPTH, DEFAULT_COPY_DEPTH, MAX_COPY_DEPTH, copyPipeline, type CopyPipelineOptions } from '../ops/copy-pipeline.js';
 export { SalvagingDevice, type SalvageWarning } from '../ops/salvaging-device.js';
 export { clearQcow2Target, clearRawTarget } from '../ops/clear-target.js';
 export { ddPlan, ddCopy, type DdOptions, type DdPlan } from '../ops/dd.js';

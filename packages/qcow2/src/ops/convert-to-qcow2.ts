@@ -2,7 +2,7 @@ import type { BlockDevice } from '../device/block-device.js';
 import type { Qcow2Device } from '../device/qcow2-device.js';
 import { alignedDataRanges } from './aligned-ranges.js';
 import type { RateLimiter } from './rate-limiter.js';
-import { COPY_CHUNK, DEFAULT_COPY_DEPTH, copyPipeline } from './copy-pipeline.js';
+import { COPY_CHUNK, DEFAULT_COMPRESS_DEPTH, DEFAULT_COPY_DEPTH, copyPipeline } from './copy-pipeline.js';
 import { firstDifference, isZero } from './zero-detect.js';
 
 /** Compresses one cluster; returns undefined when compression does not make it smaller than a cluster. */
@@ -28,7 +28,7 @@ export interface ConvertToQcow2Options {
   sparseSize?: number;
   /** convert -r: bytes written per second. */
   rateLimiter?: RateLimiter;
-  /** Requests in flight (qemu-img -m, default 8). */
+  /** Requests in flight (qemu-img -m; default 8, with compression 4). */
   parallel?: number;
   /** Write chunks as they are read rather than in guest order (qemu-img -W): the host layout then varies. */
   outOfOrder?: boolean;
@@ -57,7 +57,7 @@ export async function convertToQcow2(source: BlockDevice, target: Qcow2Device, o
   const unit = Math.max(clusterSize, blockSize);
   const pipeline = {
     chunkSize: Math.ceil(COPY_CHUNK / unit) * unit,
-    depth: options.parallel ?? DEFAULT_COPY_DEPTH,
+    depth: options.parallel ?? (options.compress === undefined ? DEFAULT_COPY_DEPTH : DEFAULT_COMPRESS_DEPTH),
     outOfOrder: options.outOfOrder ?? false,
   };
   const compress = options.compress;

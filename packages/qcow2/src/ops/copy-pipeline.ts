@@ -16,6 +16,11 @@ export interface CopyPipelineOptions {
 
 /** qemu-img convert's default number of coroutines (-m). */
 export const DEFAULT_COPY_DEPTH = 8;
+/**
+ * The default for compressed output: compression is bound by the cores, not by I/O, and each chunk in flight
+ * holds its buffers and its compressor's output (4 kept zlib and zstd converts of 2 GiB near 100 MiB of RSS).
+ */
+export const DEFAULT_COMPRESS_DEPTH = 4;
 /** qemu-img -m accepts 1..16. */
 export const MAX_COPY_DEPTH = 16;
 /** Requests of WRITE_CHUNK (1 MiB, see io/write-size.ts): a chunk read, scanned and written stays in a core's L2. */
