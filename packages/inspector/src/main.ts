@@ -126,9 +126,21 @@ async function inspect(name: string, host: ReturnType<typeof browserHost>): Prom
   }
 }
 
-/** The image among the picked files: the one no other picked image names as its backing file is the top. */
-function topImage(files: File[]): File {
-  return files.find((f) => /\.(qcow2|img|raw)$/i.test(f.name)) ?? files[0]!;
+const baseName = (name: string): string => name.slice(name.lastIndexOf('/') + 1);
+
+/** The top among the picked files: the image no other picked image names as its backing file. */
+async function topImage(files: File[], host: ReturnType<typeof browserHost>): Promise<File> {
+  const named = new Set<string>();
+  for (const file of files) {
+    try {
+      const image = await open(file.name, { host, backing: false });
+      if (image.backingFile !== undefined) named.add(baseName(image.backingFile));
+      await image.close();
+    } catch {
+      // Not an image this page can open: it cannot be the top either way; the error shows if it is picked.
+    }
+  }
+  return files.find((file) => !named.has(file.name)) ?? files[0]!;
 }
 
 function start(): void {
@@ -138,8 +150,11 @@ function start(): void {
     const files = Array.from(picker.files ?? []);
     if (files.length === 0) return;
     const chosen = ($('top') as HTMLInputElement).value.trim();
-    const top = files.find((f) => f.name === chosen) ?? (files.length === 1 ? files[0]! : topImage(files));
-    void inspect(top.name, browserHost({ files: files as NamedBlob[], zstdWasm: wasm }));
+    const host = browserHost({ files: files as NamedBlob[], zstdWasm: wasm });
+    void (async () => {
+      const top = files.find((f) => f.name === chosen) ?? (files.length === 1 ? files[0]! : await topImage(files, host));
+      await inspect(top.name, host);
+    })();
   });
   $('hex-go').addEventListener('click', () => void showHex());
   ($('hex-offset') as HTMLInputElement).addEventListener('keydown', (event) => {
