@@ -20,7 +20,11 @@ export const COMMAND_LOADERS: ReadonlyArray<readonly [name: string, load: () => 
   ['commit', async () => (await import('./commit.js')).registerCommit],
   ['rebase', async () => (await import('./rebase.js')).registerRebase],
   ['chain', async () => (await import('./chain.js')).registerChain],
-  ['demo', async () => (await import('./demo.js')).registerDemo],
+  // The demo runs other commands in this process: it gets the catalog's registration instead of importing it.
+  ['demo', async () => {
+    const { registerDemo } = await import('./demo.js');
+    return (program) => registerDemo(program, registerCommandsFor);
+  }],
   ['check', async () => (await import('./check.js')).registerCheck],
   ['dd', async () => (await import('./dd.js')).registerDd],
   ['amend', async () => (await import('./amend.js')).registerAmend],

@@ -6,7 +6,6 @@ import { isWritable } from '@qcowkit/qcow2/engine';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { sizeToStr } from '../output/human-size.js';
-import { registerCommandsFor } from './catalog.js';
 
 /**
  * qcowkit demo: the main job end to end, for the README. Makes a small raw disk with recognisable contents,
@@ -72,11 +71,17 @@ function say(text: string): void {
   process.stdout.write(`${text}\n`);
 }
 
+/**
+ * Registers the command `commandName` names on a program (catalog.ts's registerCommandsFor, handed in by the
+ * catalog so that the demo, which the catalog loads, does not import it back).
+ */
+export type RegisterCommands = (program: Command, commandName: string | undefined) => Promise<void>;
+
 /** Runs `qcowkit ARGS` in this process, announced with its command line; a failing step fails the demo. */
-async function step(args: string[]): Promise<void> {
+async function step(registerCommands: RegisterCommands, args: string[]): Promise<void> {
   say(`\n$ qcowkit ${args.map(shellWord).join(' ')}`);
   const program = new Command('qcowkit').exitOverride();
-  await registerCommandsFor(program, args[0]);
+  await registerCommands(program, args[0]);
   const before = process.exitCode;
   process.exitCode = undefined;
   try {
@@ -107,15 +112,16 @@ function fileSizeLine(name: string): string {
   return `${name.padEnd(22)} ${sizeToStr(stat.size).padStart(10)} (${stat.size} bytes), ${sizeToStr(stat.blocks * 512)} allocated on disk`;
 }
 
-async function runDemo(dir: string): Promise<void> {
+async function runDemo(dir: string, registerCommands: RegisterCommands): Promise<void> {
+  const run = (args: string[]): Promise<void> => step(registerCommands, args);
   const { pattern, zeros, noise } = DEMO_LAYOUT;
   say(`# qcowkit demo: a 64 MiB raw disk with some data, converted to qcow2 (plain and compressed), in ${dir}`);
   say(`$ cd ${shellWord(dir)}`);
 
-  await step(['create', '-f', 'raw', 'disk.raw', '64M']);
+  await run(['create', '-f', 'raw', 'disk.raw', '64M']);
   say('\n# the demo writes 1 MiB of numbered text lines at 0 and at 60M, and 256 KiB of random-looking bytes at 16M');
   await writeSampleData('disk.raw');
-  await step([
+  await run([
     'io', '-f', 'raw',
     '-c', `write -q -P 0x${pattern.byte.toString(16)} ${pattern.offset / MiB}M ${pattern.length / MiB}M`,
     '-c', `write -q -z ${zeros.offset / MiB}M ${zeros.length / MiB}M`,
@@ -123,21 +129,21 @@ async function runDemo(dir: string): Promise<void> {
   ]);
   say(`\n# disk.raw now holds: text at 0 and 60M, a 0x5a run at 4M, written zeros at 8M, noise at ${noise.offset / MiB}M, holes elsewhere`);
 
-  await step(['measure', '-O', 'qcow2', 'disk.raw']);
-  await step(['convert', '-f', 'raw', '-O', 'qcow2', 'disk.raw', 'disk.qcow2']);
-  await step(['convert', '-c', '-f', 'raw', '-O', 'qcow2', 'disk.raw', 'disk-compressed.qcow2']);
-  await step(['info', 'disk.qcow2']);
-  await step(['map', 'disk.qcow2']);
-  await step(['map', '--output=json', 'disk-compressed.qcow2']);
-  await step(['compare', '-f', 'raw', '-F', 'qcow2', 'disk.raw', 'disk.qcow2']);
-  await step(['compare', '-f', 'raw', '-F', 'qcow2', 'disk.raw', 'disk-compressed.qcow2']);
+  await run(['measure', '-O', 'qcow2', 'disk.raw']);
+  await run(['convert', '-f', 'raw', '-O', 'qcow2', 'disk.raw', 'disk.qcow2']);
+  await run(['convert', '-c', '-f', 'raw', '-O', 'qcow2', 'disk.raw', 'disk-compressed.qcow2']);
+  await run(['info', 'disk.qcow2']);
+  await run(['map', 'disk.qcow2']);
+  await run(['map', '--output=json', 'disk-compressed.qcow2']);
+  await run(['compare', '-f', 'raw', '-F', 'qcow2', 'disk.raw', 'disk.qcow2']);
+  await run(['compare', '-f', 'raw', '-F', 'qcow2', 'disk.raw', 'disk-compressed.qcow2']);
 
   say('\n# file sizes');
   for (const name of ['disk.raw', 'disk.qcow2', 'disk-compressed.qcow2']) say(fileSizeLine(name));
   say(`\n# the files stay in ${dir}`);
 }
 
-export function registerDemo(program: Command): void {
+export function registerDemo(program: Command, registerCommands: RegisterCommands): void {
   program
     .command('demo')
     .description('show the main job on a sample disk: create, measure, convert (plain and compressed), info, map, compare')
@@ -154,7 +160,7 @@ export function registerDemo(program: Command): void {
       const cwd = process.cwd();
       process.chdir(dir);
       try {
-        await runDemo(dir);
+        await runDemo(dir, registerCommands);
       } finally {
         process.chdir(cwd);
       }

@@ -1,4 +1,3 @@
-import type { Qcow2Device } from '../device/qcow2-device.js';
 import { Qcow2Error } from '../errors.js';
 import { AutoclearFeature, CompatibleFeature, CompressionType, HeaderExtensionType, IncompatibleFeature } from '../format/constants.js';
 import { encodeStringExtension } from '../format/header-extensions.js';
@@ -37,6 +36,18 @@ export interface AmendOptions {
   encrypt?: boolean;
 }
 
+/**
+ * What amend needs of an image open for writing: the engine's image and writer, a resize that reads through the
+ * backing chain (the device layer's), and close. A Qcow2Device is one; the engine does not import the device layer.
+ */
+export interface AmendTarget {
+  readonly filename: string;
+  readonly image: Qcow2Image;
+  readonly attachedWriter: Qcow2Writer | undefined;
+  resize(newSize: number): Promise<void>;
+  close(): Promise<void>;
+}
+
 /** What amend will do, decided (and refused) before anything is written. */
 interface AmendPlan {
   oldVersion: 2 | 3;
@@ -58,7 +69,7 @@ const V3_HINT = ' (use compat=1.1 or greater)';
  * messages, in the order qemu would meet them. Unlike qemu (which refuses some only after it has written
  * others), nothing is written until all pass.
  */
-async function planAmend(device: Qcow2Device, options: AmendOptions): Promise<AmendPlan> {
+async function planAmend(device: AmendTarget, options: AmendOptions): Promise<AmendPlan> {
   const image = device.image;
   const header = image.header;
   const oldVersion = header.version;
@@ -120,7 +131,7 @@ async function hasCompressedClusters(image: Qcow2Image): Promise<boolean> {
   return false;
 }
 
-function writerOf(device: Qcow2Device): Qcow2Writer {
+function writerOf(device: AmendTarget): Qcow2Writer {
   const writer = device.attachedWriter;
   if (writer === undefined) throw new Qcow2Error('READ_ONLY', 'amend needs the image open for writing', { file: device.filename });
   return writer;
@@ -138,7 +149,7 @@ export interface AmendRunOptions {
  *
  * `reopen` opens the image for writing (with its backing chain: a size change reads it).
  */
-export async function amendImage(reopen: () => Promise<Qcow2Device>, options: AmendOptions, run: AmendRunOptions = {}): Promise<void> {
+export async function amendImage(reopen: () => Promise<AmendTarget>, options: AmendOptions, run: AmendRunOptions = {}): Promise<void> {
   let device = await reopen();
   let plan: AmendPlan;
   try {
@@ -146,7 +157,7 @@ export async function amendImage(reopen: () => Promise<Qcow2Device>, options: Am
   } finally {
     await device.close();
   }
-  const steps: Array<(device: Qcow2Device, progress: (done: number, total: number) => void) => Promise<void>> = [];
+  const steps: Array<(device: AmendTarget, progress: (done: number, total: number) => void) => Promise<void>> = [];
   if (plan.newVersion > plan.oldVersion) steps.push((d) => upgrade(d.image, writerOf(d)));
   if (plan.refcountOrder !== undefined) {
     const order = plan.refcountOrder;
@@ -234,7 +245,7 @@ async function setLazyRefcounts(image: Qcow2Image, on: boolean): Promise<void> {
  * table). Persistent bitmaps cannot exist in v2: qemu keeps their extension (unusable, and leaked); here it is
  * dropped in the same header write and, when the bitmaps were consistent, their clusters are freed after it.
  */
-async function downgrade(device: Qcow2Device, progress: (done: number, total: number) => void): Promise<void> {
+async function downgrade(device: AmendTarget, progress: (done: number, total: number) => void): Promise<void> {
   const image = device.image;
   const writer = writerOf(device);
   const { releasedShared } = await expandZeroClusters(image, writer.refcounts, { hasBacking: image.backingFile !== undefined && image.backingFile !== '', onProgress: progress });

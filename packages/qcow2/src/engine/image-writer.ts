@@ -8,10 +8,10 @@ import { BitmapTracker } from './bitmap-tracker.js';
 import { Refcounts } from './refcounts.js';
 import { SegmentKind } from './segments.js';
 import { writeSubclusters, type SubclusterContext } from './subcluster-write.js';
-import { isZero } from '../ops/zero-detect.js';
+import type { BelowReader } from './write-context.js';
+import { isZero } from '../io/zero-detect.js';
 
-/** Reads what lies below this image (the backing chain, or zeros) for guest bytes it does not hold. */
-export type BelowReader = (dest: Uint8Array, guestOffset: number) => Promise<void>;
+export type { BelowReader } from './write-context.js';
 
 /** Header byte offsets the writer updates in place. */
 const HEADER_REFCOUNT_TABLE = 48;

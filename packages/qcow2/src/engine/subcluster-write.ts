@@ -1,5 +1,5 @@
 import { COMPRESSED_HI, COPIED_HI, entryHostOffset } from '../format/table-entries.js';
-import type { BelowReader } from './image-writer.js';
+import type { BelowReader } from './write-context.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
 /** What a subcluster write needs from the writer. */

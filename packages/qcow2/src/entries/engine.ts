@@ -16,7 +16,7 @@ export type { ImageLayout } from '../engine/image-layout.js';
 export { createQcow2, validateCreateOptions, type CreateQcow2Options, type Preallocation } from '../engine/create-image.js';
 export { Qcow2Writer, type BelowReader } from '../engine/image-writer.js';
 export { Refcounts } from '../engine/refcounts.js';
-export { amendImage, type AmendOptions, type AmendRunOptions } from '../engine/amend.js';
+export { amendImage, type AmendOptions, type AmendRunOptions, type AmendTarget } from '../engine/amend.js';
 export { BitmapEditor, bitmapSource, defaultBitmapGranularity, loadBitmapState, readBitmapTable, type BitmapSource, type BitmapState } from '../engine/bitmaps.js';
 export { recomputeCopied, type CreateSnapshotOptions } from '../engine/snapshots.js';
 export { TableCache } from '../engine/l2-cache.js';
@@ -57,7 +57,7 @@ export { SalvagingDevice, type SalvageWarning } from '../ops/salvaging-device.js
 export { clearQcow2Target, clearRawTarget } from '../ops/clear-target.js';
 export { ddPlan, ddCopy, type DdOptions, type DdPlan } from '../ops/dd.js';
 export { convertToQcow2Stream, convertToRawStream, type ByteSink, type ConvertStreamOptions } from '../ops/convert-stream.js';
-export { isZero } from '../ops/zero-detect.js';
+export { isZero } from '../io/zero-detect.js';
 export {
   imageInfo,
   backingChain,

@@ -10,7 +10,7 @@ import { RawDevice } from '../device/raw-device.js';
 import { MemoryStorage } from '../io/memory-storage.js';
 import { convertToSink } from '../ops/convert-to-sink.js';
 import { walkExtents } from '../ops/extent-walk.js';
-import { isZero } from '../ops/zero-detect.js';
+import { isZero } from '../io/zero-detect.js';
 import { firstDifference } from '../test-support/guest-model.js';
 import { sparseDiskArb, sparseDiskBytes } from '../test-support/sparse-disk.js';
 import { createImageSink, type NewImageOptions } from './create-image-sink.js';

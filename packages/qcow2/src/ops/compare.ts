@@ -1,6 +1,6 @@
 import type { BlockDevice, Extent } from '../device/block-device.js';
 import { walkExtents } from './extent-walk.js';
-import { firstDifference, firstNonZero } from './zero-detect.js';
+import { firstDifference, firstNonZero } from '../io/zero-detect.js';
 
 /** Whether two devices read the same, and where and why not. */
 export type CompareResult =

@@ -14,7 +14,7 @@ import type { ClusterCompressor } from './convert-to-qcow2.js';
 import { walkExtents } from './extent-walk.js';
 import { readAhead } from './read-ahead.js';
 import { DataRegionPacker, planStreamLayout, type StreamLayout } from './stream-layout.js';
-import { isZero } from './zero-detect.js';
+import { isZero } from '../io/zero-detect.js';
 
 /** Where a streamed image goes: bytes in order, never a seek (a pipe, a socket, an upload). */
 export interface ByteSink {

@@ -3,7 +3,7 @@ import type { Qcow2Device } from '../device/qcow2-device.js';
 import { alignedDataRanges } from './aligned-ranges.js';
 import type { RateLimiter } from './rate-limiter.js';
 import { COPY_CHUNK, DEFAULT_COMPRESS_DEPTH, DEFAULT_COPY_DEPTH, copyPipeline } from './copy-pipeline.js';
-import { firstDifference, isZero } from './zero-detect.js';
+import { firstDifference, isZero } from '../io/zero-detect.js';
 
 /** Compresses one cluster; returns undefined when compression does not make it smaller than a cluster. */
 export type ClusterCompressor = ((cluster: Uint8Array) => Promise<Uint8Array | undefined>) & {

@@ -3,7 +3,7 @@ import type { Storage } from '../io/storage.js';
 import { walkExtents } from './extent-walk.js';
 import { COPY_CHUNK, DEFAULT_COPY_DEPTH, copyPipeline } from './copy-pipeline.js';
 import type { RateLimiter } from './rate-limiter.js';
-import { isZero } from './zero-detect.js';
+import { isZero } from '../io/zero-detect.js';
 
 /** Options of convertToRaw: sparseness, progress, flush. */
 export interface ConvertToRawOptions {

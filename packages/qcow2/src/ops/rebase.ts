@@ -36,7 +36,7 @@ import { Qcow2Error } from '../errors.js';
 import { WRITE_CHUNK } from '../io/write-size.js';
 import { chainLayers } from './commit.js';
 import { walkExtents } from './extent-walk.js';
-import { isZero } from './zero-detect.js';
+import { isZero } from '../io/zero-detect.js';
 
 /** Options of rebaseImage (qemu-img rebase). */
 export interface RebaseOptions {
