@@ -60,7 +60,15 @@ export type SnapshotErrorCode =
   /** Active commit of the temporary overlay failed twice: the guest keeps running on it (nothing is lost). */
   | 'OVERLAY_KEPT'
   /** The snapshot failed and putting the guest back failed too; the message says both. */
-  | 'RESTORE_FAILED';
+  | 'RESTORE_FAILED'
+  /** Another qcowkit run is working on the domain (its intent log names a live process). */
+  | 'IN_PROGRESS'
+  /** A killed run left the domain to recover (its intent log, or a qcowkit overlay or copy job): `vm recover`. */
+  | 'LEFTOVERS'
+  /** An intent log that cannot be read. */
+  | 'BAD_INTENT_LOG'
+  /** Recovery could not bring everything back; the message says what is left and why. */
+  | 'RECOVERY_INCOMPLETE';
 
 export class SnapshotError extends Error {
   readonly code: SnapshotErrorCode;

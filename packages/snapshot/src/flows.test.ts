@@ -32,6 +32,8 @@ const DURING: Region = { offset: 4 * MiB, length: 64 * 1024, pattern: 0x5a };
 
 interface Setup {
   dir: string;
+  /** The intent logs' directory: empty whenever the guest is back as it was. */
+  stateDir: string;
   fake: FakeHypervisor;
   output: string;
   expected: string;
@@ -45,8 +47,9 @@ afterEach(() => {
 });
 
 function setup(state: 'running' | 'paused' | 'shutoff', options: { agent?: boolean; persistent?: boolean; virtType?: string } = {}): Setup {
-  const dir = mkdtempSync(join(tmpdir(), 'qcowkit-flows-'));
-  dirs.push(dir);
+  const dir = mkdtempSync(join(tmpdir(), 'qcowkit-vm-flows-'));
+  const stateDir = mkdtempSync(join(tmpdir(), 'qcowkit-vm-flows-state-'));
+  dirs.push(dir, stateDir);
   const base = join(dir, 'base.qcow2');
   const top = join(dir, 'top.qcow2');
   makeChain(base, top, SIZE, BASE, TOP);
@@ -70,17 +73,18 @@ function setup(state: 'running' | 'paused' | 'shutoff', options: { agent?: boole
       { target: 'vdb', chain: [{ type: 'file', path: data, format: 'raw' }] },
     ],
   });
-  return { dir, fake, output: join(dir, 'out.qcow2'), expected, files: readdirSync(dir).sort(), before: fake.observe('guest') };
+  return { dir, stateDir, fake, output: join(dir, 'out.qcow2'), expected, files: readdirSync(dir).sort(), before: fake.observe('guest') };
 }
 
 function snapshot(s: Setup, options: Partial<SnapshotOptions> = {}): ReturnType<typeof snapshotDomain> {
-  return snapshotDomain(s.fake, { domain: 'guest', output: s.output, ...options });
+  return snapshotDomain(s.fake, { domain: 'guest', output: s.output, stateDir: s.stateDir, ...options });
 }
 
 /** The guest as it was, no job, no temporary file, no output, and its disk unchanged. */
 function expectRestored(s: Setup, extraWrites: Region[] = []): void {
   expect(s.fake.observe('guest')).toEqual(s.before);
   expect(readdirSync(s.dir).sort()).toEqual(s.files);
+  expect(readdirSync(s.stateDir)).toEqual([]);
   const top = s.before.chains[0]![0]!;
   if (extraWrites.length === 0) expect(compareImages(s.expected, top, ['raw', 'qcow2']).identical).toBe(true);
   verifyRegions(top, visibleRegions(SIZE, [...BASE, ...TOP, ...extraWrites]));

@@ -13,6 +13,10 @@ export interface DomainInfo {
   persistent: boolean;
   /** The domain's type attribute: 'kvm' and 'qemu' are QEMU (live snapshots possible); 'xen', 'lxc', … are not. */
   virtType: string;
+  /** The domain's UUID: what names its intent log (a name can change, the UUID does not). */
+  uuid: string;
+  /** A managed save image exists: the next start restores the saved guest. */
+  managedSave: boolean;
 }
 
 /** One image of a disk's chain, as the domain XML describes it. */
@@ -44,6 +48,18 @@ export interface DiskDefinition {
    * the image headers, as libvirt does when it starts the domain.
    */
   chainComplete: boolean;
+  /** The block job that copies from or into this disk, as the running domain's XML shows it (<mirror>). */
+  mirror?: BlockMirror;
+}
+
+/** A disk's block job as the domain XML describes it: what it copies into, and whether it can be completed. */
+export interface BlockMirror {
+  /** libvirt's job name: 'copy' (blockcopy), 'active-commit', … */
+  job: string;
+  /** The image the job writes: the copy's destination, or the commit's base. */
+  path: string | undefined;
+  /** The job caught up (a copy mirrors, an active commit can pivot). */
+  ready: boolean;
 }
 
 export interface BlockJobInfo {
@@ -66,9 +82,8 @@ export interface BlockCopyOptions {
 }
 
 export interface DiskOnlySnapshotOptions {
-  /** The disk to snapshot and the overlay to create for it (libvirt creates the file). */
-  target: string;
-  overlay: string;
+  /** The disks to snapshot, each with the overlay libvirt creates for it: all at one instant (one transaction). */
+  overlays: ReadonlyArray<{ target: string; overlay: string }>;
   /** The domain's other disks: left out of the snapshot. */
   otherTargets: readonly string[];
   /** Freeze the guest's file systems through the guest agent around the snapshot. */
@@ -94,7 +109,10 @@ export interface Hypervisor {
   define(xml: string): Promise<void>;
   /** Removes the persistent definition (a running domain becomes transient). Keeps NVRAM files. */
   undefine(domain: string): Promise<void>;
-  /** Starts a block copy of `target` into `destination` and returns once it mirrors (the copy is complete). */
+  /**
+   * Starts a block copy of `target` into `destination` and returns once it mirrors (the copy is complete). The
+   * job belongs to libvirt: if the caller dies meanwhile, it goes on (and mirrors for ever until aborted).
+   */
   blockCopy(domain: string, target: string, destination: string, options: BlockCopyOptions): Promise<void>;
   /** The block job running on the disk, if any. */
   blockJob(domain: string, target: string): Promise<BlockJobInfo | undefined>;
@@ -103,13 +121,20 @@ export interface Hypervisor {
   /** An external, disk-only, atomic snapshot without libvirt snapshot metadata. */
   snapshotDiskOnly(domain: string, options: DiskOnlySnapshotOptions): Promise<void>;
   /**
-   * Active commit of the disk's top image into the image just below it (shallow), then pivot: the guest writes
-   * to that image again. Returns when the pivot is done.
+   * Starts an active commit of the disk's top image into the image just below it (shallow) and returns once the
+   * job is ready to pivot: the image below holds everything, and QEMU mirrors new writes into it too. The guest
+   * still writes to the top image until pivotBlockJob.
    */
   blockCommitActive(domain: string, target: string): Promise<void>;
+  /** Completes the disk's ready job: after an active commit the guest writes to the image below the top again. */
+  pivotBlockJob(domain: string, target: string): Promise<void>;
+  /** Waits until the disk's block job is ready (see BlockMirror.ready); fails if the job ends instead. */
+  waitBlockJobReady(domain: string, target: string): Promise<void>;
   /** Freezes the guest's file systems through the guest agent. */
   fsFreeze(domain: string): Promise<void>;
   fsThaw(domain: string): Promise<void>;
+  /** Whether the guest agent reports its file systems frozen. */
+  fsFrozen(domain: string): Promise<boolean>;
   /** A QEMU monitor command (HMP when `hmp`, else QMP JSON); returns its output. For tests and diagnostics. */
   monitorCommand(domain: string, command: string, options: { hmp: boolean }): Promise<string>;
 }

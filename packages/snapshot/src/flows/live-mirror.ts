@@ -9,30 +9,27 @@
  * from the persistent XML saved first (dumpxml --inactive --security-info), whatever happens.
  *
  * Costs: the whole top image is copied once (host space: its size), then read again with the backing chain.
+ *
+ * Steps (each announced in the intent log first): dumpxml, create-delta, blockcopy (undefine, blockcopy without
+ * transient jobs), fsfreeze, blockjob-abort, define, fsthaw, convert, publish, remove-temporary, finish.
  */
 import { SnapshotError, isHypervisorError } from '../errors.js';
 import { chainLayers, openChain } from '../disk-chain.js';
 import type { DiskLayer } from '../hypervisor.js';
+import { temporaryPath } from '../intent/temporaries.js';
 import { createOverlayImage } from '../write-image.js';
-import {
-  conclude,
-  convertChain,
-  quiesceUnavailable,
-  refuseOutputInChain,
-  refuseRunningBlockJob,
-  removeFile,
-  restoreRunState,
-  Restorer,
-  temporaryPath,
-  type FlowContext,
-} from './context.js';
+import { enterStep, refuseRunningBlockJobs, reportStep, type FlowContext } from './context.js';
+import { convertChain, refuseOutputInChain } from './outputs.js';
+import { finishRun, quiesceUnavailable, restoreRunState, Restorer } from './restore.js';
 
 export async function mirrorSnapshot(context: FlowContext): Promise<void> {
-  const { hypervisor, domain, info, disk } = context;
+  const { hypervisor, domain, info } = context;
+  const job = context.jobs[0]!;
+  const disk = job.disk;
   const target = disk.target;
   const before = info.state;
   const restorer = new Restorer();
-  const delta = temporaryPath(context, 'delta');
+  const delta = temporaryPath(job.output.path, 'delta', context.tempDir);
   let primary: { error: unknown } | undefined;
   let persistentXml: string | undefined;
   let deltaCreated = false;
@@ -41,12 +38,12 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
   let frozen = false;
   let layers: DiskLayer[] = [];
   try {
-    await refuseRunningBlockJob(context);
+    await refuseRunningBlockJobs(context);
     // The disk's size and backing chain, from the images opened with the XML's formats.
     const source = await openChain(disk.chain, disk.chainComplete);
     let size: number;
     try {
-      await refuseOutputInChain(source, context.output);
+      await refuseOutputInChain(source, job.output.path);
       size = source.size;
       layers = disk.chainComplete ? disk.chain : chainLayers(source);
     } finally {
@@ -54,14 +51,17 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
     }
     const backing = layers[1];
     if (info.persistent) {
-      context.onStep('dumpxml');
+      await enterStep(context, 'dumpxml');
       persistentXml = await hypervisor.dumpXml(domain, { inactive: true, securityInfo: true });
     }
-    context.onStep('create-delta');
+    await enterStep(context, 'create-delta', {
+      ...(persistentXml === undefined ? {} : { persistentXml }),
+      disks: [{ target, path: disk.chain[0]!.path!, format: disk.chain[0]!.format, delta }],
+    });
     deltaCreated = true;
     await createOverlayImage(delta, size, backing === undefined ? undefined : { path: backing.path!, format: backing.format! });
 
-    context.onStep('blockcopy');
+    await enterStep(context, 'blockcopy');
     const copy = (transientJob: boolean): Promise<void> =>
       hypervisor.blockCopy(domain, target, delta, { shallow: true, reuseExternal: true, transientJob, format: 'qcow2' });
     try {
@@ -72,11 +72,11 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
       // No transient block jobs here: nova's way, a transient domain for the time of the copy.
       if ((await hypervisor.blockJob(domain, target)) !== undefined) throw error;
       if (persistentXml !== undefined) {
-        context.onStep('undefine');
+        await enterStep(context, 'undefine', { definitionChanged: true });
         undefinedForCopy = true;
         await hypervisor.undefine(domain);
       }
-      context.onStep('blockcopy');
+      reportStep(context, 'blockcopy');
       await copy(false);
     }
 
@@ -84,7 +84,7 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
       if (before !== 'running') {
         quiesceUnavailable(context, new SnapshotError('QUIESCE_FAILED', `domain ${domain} is ${before}: a guest that does not run cannot be quiesced`));
       } else {
-        context.onStep('fsfreeze');
+        await enterStep(context, 'fsfreeze', { mayBeFrozen: true });
         // A freeze that reported a failure may have frozen some file systems: thaw unless the agent is absent.
         frozen = true;
         try {
@@ -96,7 +96,7 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
       }
     }
     // The point in time of the snapshot: the delta stops following the disk.
-    context.onStep('blockjob-abort');
+    await enterStep(context, 'blockjob-abort');
     await hypervisor.abortBlockJob(domain, target);
     copyStarted = false;
   } catch (error) {
@@ -106,15 +106,17 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
   // Put the domain back, whatever happened: no job, its definition, thawed, running or paused as it was.
   if (copyStarted) {
     await restorer.attempt('abort the block copy', async () => {
-      if ((await hypervisor.blockJob(domain, target)) === undefined) return;
-      context.onStep('blockjob-abort');
-      await hypervisor.abortBlockJob(domain, target);
+      if ((await hypervisor.blockJob(domain, target)) !== undefined) {
+        reportStep(context, 'blockjob-abort');
+        await hypervisor.abortBlockJob(domain, target);
+      }
+      copyStarted = false;
     });
   }
   if (undefinedForCopy && persistentXml !== undefined) {
     const xml = persistentXml;
     const defined = await restorer.attempt('define the domain again', async () => {
-      context.onStep('define');
+      await enterStep(context, 'define');
       await hypervisor.define(xml);
     });
     if (!defined) {
@@ -125,7 +127,7 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
   }
   if (frozen) {
     await restorer.attempt('thaw the guest file systems', async () => {
-      context.onStep('fsthaw');
+      await enterStep(context, 'fsthaw');
       await hypervisor.fsThaw(domain);
     });
   }
@@ -133,17 +135,11 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
 
   if (primary === undefined && restorer.errors.length === 0) {
     try {
-      await convertChain(context, [{ type: 'file', path: delta, format: 'qcow2' }, ...layers.slice(1)], true);
+      await convertChain(context, job, [{ type: 'file', path: delta, format: 'qcow2' }, ...layers.slice(1)], true);
     } catch (error) {
       primary = { error };
     }
   }
-  if (deltaCreated) {
-    await restorer.attempt('remove the delta', async () => {
-      context.onStep('remove-temporary');
-      await removeFile(delta);
-    });
-  }
-  await conclude(context, primary, restorer);
+  // The delta is deleted only once no job writes into it (else it stays, with the intent log, for `vm recover`).
+  await finishRun(context, primary, restorer, deltaCreated && !copyStarted ? [delta] : []);
 }
-

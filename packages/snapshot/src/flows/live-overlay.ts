@@ -1,65 +1,62 @@
 /**
- * Live snapshot through a temporary overlay (beyond nova): an atomic, disk-only external snapshot (optionally
- * quiesced by the guest agent) puts a new, empty qcow2 on top of the disk. From then on the guest writes only
- * to the overlay, and the chain beneath it is read-only: exactly the disk at the snapshot's point in time. That
- * chain is converted into the output while the guest runs; then an active block commit merges the overlay into
- * the image below it and pivots the guest back onto it, and the overlay is deleted.
+ * Live snapshot through temporary overlays (beyond nova): one atomic, disk-only external snapshot (optionally
+ * quiesced by the guest agent) puts a new, empty qcow2 on top of each disk being snapshotted — several disks in
+ * one libvirt call, which QEMU takes as one transaction, so they are all at one instant. From then on the guest
+ * writes only to the overlays, and the chains beneath them are read-only: exactly the disks at that instant.
+ * They are converted while the guest runs; then an active block commit merges each overlay into the image
+ * below it and pivots the guest back onto it, and the overlays are deleted.
  *
- * Costs: one read pass of the chain; host space only for what the guest writes meanwhile; no copy of the disk.
+ * Costs: one read pass of each chain; host space only for what the guest writes meanwhile; no copy of a disk.
  *
- * When anything fails after the snapshot, the overlay is committed back all the same (it holds the guest's
- * newest writes, so it is never just deleted). If the commit fails twice, the guest keeps running on the
- * overlay, which is left in place, and the error (OVERLAY_KEPT) says how to merge it later: nothing is lost.
+ * Steps (each announced in the intent log first): dumpxml, snapshot, convert (per disk), blockcommit and pivot
+ * (per disk), define, publish, remove-temporary, finish. When anything fails after the snapshot, each overlay
+ * is committed back all the same (it holds the guest's newest writes, so it is never just deleted). If a commit
+ * fails twice, the guest keeps running on that overlay, which is left in place with the intent log, and the
+ * error (OVERLAY_KEPT) says how to merge it: nothing is lost.
  */
 import { SnapshotError, isHypervisorError, messageOf } from '../errors.js';
-import {
-  conclude,
-  convertChain,
-  preflightChain,
-  quiesceUnavailable,
-  refuseRunningBlockJob,
-  removeFile,
-  restoreRunState,
-  Restorer,
-  samePath,
-  temporaryPath,
-  type FlowContext,
-} from './context.js';
+import { temporaryPath } from '../intent/temporaries.js';
+import { enterStep, refuseRunningBlockJobs, reportStep, samePath, type DiskJob, type FlowContext } from './context.js';
+import { convertChain, preflightChain } from './outputs.js';
+import { finishRun, quiesceUnavailable, restoreRunState, Restorer } from './restore.js';
 
 /** Whether the disk's active image is `overlay` now. */
-async function runsOnOverlay(context: FlowContext, overlay: string): Promise<boolean> {
-  const disk = (await context.hypervisor.disks(context.domain)).find((d) => d.target === context.disk.target);
+async function runsOnOverlay(context: FlowContext, target: string, overlay: string): Promise<boolean> {
+  const disk = (await context.hypervisor.disks(context.domain)).find((d) => d.target === target);
   const top = disk?.chain[0]?.path;
   return top !== undefined && (await samePath(top, overlay));
 }
 
 export async function overlaySnapshot(context: FlowContext): Promise<void> {
-  const { hypervisor, domain, info, disk, disks } = context;
-  const target = disk.target;
+  const { hypervisor, domain, info, disks, jobs } = context;
   const before = info.state;
   const restorer = new Restorer();
-  const overlay = temporaryPath(context, 'overlay');
+  const overlays = jobs.map((job) => ({ job, overlay: temporaryPath(job.output.path, 'overlay', context.tempDir) }));
   let primary: { error: unknown } | undefined;
   let persistentXml: string | undefined;
   let snapshotTried = false;
-  let onOverlay = false;
+  let allOnOverlays = false;
   try {
-    await refuseRunningBlockJob(context);
-    await preflightChain(context);
+    await refuseRunningBlockJobs(context);
+    for (const job of jobs) await preflightChain(job.disk, job.output.path);
     if (info.persistent) {
-      // libvirt points the persistent definition at the overlay, and back at the pivot; the saved one is put
+      // libvirt points the persistent definition at the overlays, and back at the pivots; the saved one is put
       // back afterwards so that not even its formatting changes.
-      context.onStep('dumpxml');
+      await enterStep(context, 'dumpxml');
       persistentXml = await hypervisor.dumpXml(domain, { inactive: true, securityInfo: true });
     }
+    const targets = new Set(jobs.map((j) => j.disk.target));
     const snapshot = (quiesce: boolean): Promise<void> =>
       hypervisor.snapshotDiskOnly(domain, {
-        target,
-        overlay,
-        otherTargets: disks.filter((d) => d.target !== target).map((d) => d.target),
+        overlays: overlays.map(({ job, overlay }) => ({ target: job.disk.target, overlay })),
+        otherTargets: disks.filter((d) => !targets.has(d.target)).map((d) => d.target),
         quiesce,
       });
-    context.onStep('snapshot');
+    await enterStep(context, 'snapshot', {
+      ...(persistentXml === undefined ? {} : { persistentXml }),
+      definitionChanged: true,
+      disks: overlays.map(({ job, overlay }) => ({ target: job.disk.target, path: job.disk.chain[0]!.path!, format: job.disk.chain[0]!.format, overlay })),
+    });
     snapshotTried = true;
     let quiesce = context.quiesce !== 'off';
     if (quiesce && before !== 'running') {
@@ -71,30 +68,41 @@ export async function overlaySnapshot(context: FlowContext): Promise<void> {
     } catch (error) {
       if (!quiesce || !isHypervisorError(error, 'AGENT_UNAVAILABLE')) throw error;
       quiesceUnavailable(context, error);
-      context.onStep('snapshot');
+      reportStep(context, 'snapshot');
       await snapshot(false);
     }
-    onOverlay = await runsOnOverlay(context, overlay);
-    if (!onOverlay) throw new SnapshotError('CHAIN_MISMATCH', `after the snapshot, ${domain}/${target} does not write to the overlay ${overlay}`, { domain });
-    // The chain below the overlay no longer changes: read it while the guest goes on writing to the overlay.
-    await convertChain(context, disk.chain, disk.chainComplete);
+    for (const { job, overlay } of overlays) {
+      if (!(await runsOnOverlay(context, job.disk.target, overlay))) {
+        throw new SnapshotError('CHAIN_MISMATCH', `after the snapshot, ${domain}/${job.disk.target} does not write to the overlay ${overlay}`, { domain });
+      }
+    }
+    allOnOverlays = true;
+    // The chains below the overlays no longer change: read them while the guest goes on writing to the overlays.
+    for (const job of jobs) await convertChain(context, job, job.disk.chain, job.disk.chainComplete);
   } catch (error) {
     primary = { error };
   }
 
   // A failure reported by the snapshot command does not prove it did not happen (a timeout, a killed virsh).
-  // undefined: unknown, so the overlay is neither committed nor deleted.
-  let inUse: boolean | undefined = onOverlay;
-  if (snapshotTried && !onOverlay) {
-    inUse = undefined;
-    await restorer.attempt('check whether the snapshot was taken', async () => {
-      inUse = await runsOnOverlay(context, overlay);
-    });
-  }
-  let removable = snapshotTried && inUse === false;
-  if (inUse === true) {
-    removable = await commitOverlay(context, overlay);
-    if (!removable) {
+  // Each overlay in use is committed back; one whose use cannot be checked is neither committed nor deleted.
+  const removable: string[] = [];
+  let committedAny = false;
+  for (const { job, overlay } of overlays) {
+    if (!snapshotTried) break;
+    // undefined: unknown (the check failed twice).
+    const use: { now: boolean | undefined } = { now: allOnOverlays ? true : undefined };
+    if (use.now === undefined) {
+      await restorer.attempt('check whether the snapshot was taken', async () => {
+        use.now = await runsOnOverlay(context, job.disk.target, overlay);
+      });
+    }
+    if (use.now === false) removable.push(overlay);
+    if (use.now !== true) continue;
+    if (await commitOverlay(context, job, overlay)) {
+      removable.push(overlay);
+      committedAny = true;
+    } else {
+      const target = job.disk.target;
       restorer.errors.push(
         new SnapshotError(
           'OVERLAY_KEPT',
@@ -102,41 +110,39 @@ export async function overlaySnapshot(context: FlowContext): Promise<void> {
           { domain },
         ),
       );
-    } else if (persistentXml !== undefined) {
-      const xml = persistentXml;
-      await restorer.attempt('define the domain again', async () => {
-        context.onStep('define');
-        await hypervisor.define(xml);
-      });
     }
   }
-  await restorer.attempt('restore the guest run state', () => restoreRunState(context, before, false));
-  if (removable) {
-    await restorer.attempt('remove the overlay', async () => {
-      context.onStep('remove-temporary');
-      await removeFile(overlay);
+  if (committedAny && persistentXml !== undefined && removable.length === overlays.length) {
+    const xml = persistentXml;
+    await restorer.attempt('define the domain again', async () => {
+      await enterStep(context, 'define');
+      await hypervisor.define(xml);
     });
   }
-  await conclude(context, primary, restorer);
+  await restorer.attempt('restore the guest run state', () => restoreRunState(context, before, false));
+  await finishRun(context, primary, restorer, removable);
 }
 
-/** Active commit of the overlay into the image below, with pivot; tried twice. Returns whether the guest is off the overlay. */
-async function commitOverlay(context: FlowContext, overlay: string): Promise<boolean> {
-  const { hypervisor, domain, disk } = context;
+/** Active commit of the overlay into the image below, then pivot; tried twice. Returns whether the guest is off the overlay. */
+async function commitOverlay(context: FlowContext, job: DiskJob, overlay: string): Promise<boolean> {
+  const { hypervisor, domain } = context;
+  const target = job.disk.target;
   for (let round = 0; round < 2; round++) {
     try {
       // A commit that failed half way may have left its job behind.
-      if ((await hypervisor.blockJob(domain, disk.target)) !== undefined) {
-        context.onStep('blockjob-abort');
-        await hypervisor.abortBlockJob(domain, disk.target);
+      if ((await hypervisor.blockJob(domain, target)) !== undefined) {
+        reportStep(context, 'blockjob-abort');
+        await hypervisor.abortBlockJob(domain, target);
       }
-      context.onStep('blockcommit');
-      await hypervisor.blockCommitActive(domain, disk.target);
-      if (!(await runsOnOverlay(context, overlay))) return true;
+      await enterStep(context, 'blockcommit');
+      await hypervisor.blockCommitActive(domain, target);
+      await enterStep(context, 'pivot');
+      await hypervisor.pivotBlockJob(domain, target);
+      if (!(await runsOnOverlay(context, target, overlay))) return true;
     } catch (error) {
       context.notes.push(`block commit failed: ${messageOf(error)}`);
       try {
-        if (!(await runsOnOverlay(context, overlay))) return true;
+        if (!(await runsOnOverlay(context, target, overlay))) return true;
       } catch {
         // fall through to the next round
       }

@@ -105,6 +105,34 @@ describe('parseDomainXml', () => {
     });
   });
 
+  it('reads the UUID', () => {
+    expect(parseDomainXml(LIVE).uuid).toBe('3da73f34-c0b0-4702-825b-2174a69a47ad');
+    expect(parseDomainXml(INACTIVE).uuid).toBe('');
+  });
+
+  it("reads a disk's block job: a copy's destination, an active commit's base, and whether it is ready", () => {
+    // libvirt 9.0's live XML during `blockcopy --shallow --reuse-external --transient-job` (ready), then during
+    // `blockcommit --active --shallow` before its pivot.
+    const copy = `<domain type='qemu'><name>g</name><devices><disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/tmp/vm/vda.qcow2' index='2'/>
+      <backingStore type='file' index='4'><format type='raw'/><source file='/tmp/vm/root.raw'/><backingStore/></backingStore>
+      <mirror type='file' file='/tmp/vm/delta.qcow2' format='qcow2' job='copy' ready='yes'>
+        <format type='qcow2'/>
+        <source file='/tmp/vm/delta.qcow2' index='7'/>
+        <backingStore type='file' index='8'><format type='raw'/><source file='/tmp/vm/root.raw'/><backingStore/></backingStore>
+      </mirror>
+      <target dev='vda' bus='virtio'/></disk></devices></domain>`;
+    const [copying] = parseDomainXml(copy).disks;
+    expect(copying!.mirror).toEqual({ job: 'copy', path: '/tmp/vm/delta.qcow2', ready: true });
+    expect(copying!.chain.map((l) => l.path)).toEqual(['/tmp/vm/vda.qcow2', '/tmp/vm/root.raw']);
+    const commit = copy
+      .replace(/<mirror[\s\S]*<\/mirror>/, "<mirror type='file' job='active-commit'><format type='qcow2'/><source file='/tmp/vm/vda.qcow2' index='2'/></mirror>")
+      .replace("<source file='/tmp/vm/vda.qcow2' index='2'/>", "<source file='/tmp/vm/ov.qcow2' index='5'/>");
+    expect(parseDomainXml(commit).disks[0]!.mirror).toEqual({ job: 'active-commit', path: '/tmp/vm/vda.qcow2', ready: false });
+    expect(parseDomainXml(LIVE).disks[0]!.mirror).toBeUndefined();
+  });
+
   it('refuses what is not a domain', () => {
     expect(() => parseDomainXml('<network/>')).toThrow(/expected a <domain>/);
     expect(() => parseDomainXml('<domain>')).toThrow(/unterminated/);

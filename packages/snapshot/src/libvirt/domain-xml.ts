@@ -1,11 +1,13 @@
 /** Reads the few things the flows need from libvirt's domain XML: the domain type and its disks' chains. */
-import type { DiskDefinition, DiskLayer } from '../hypervisor.js';
+import type { BlockMirror, DiskDefinition, DiskLayer } from '../hypervisor.js';
 import { childElement, childElements, parseXml, textContent, type XmlElement } from '../xml/xml-reader.js';
 
 export interface DomainDescription {
   /** The domain element's type attribute: 'kvm', 'qemu', 'xen', 'lxc', … */
   virtType: string;
   name: string;
+  /** The <uuid> element ('' when absent). */
+  uuid: string;
   disks: DiskDefinition[];
 }
 
@@ -14,10 +16,12 @@ export function parseDomainXml(xml: string): DomainDescription {
   const root = parseXml(xml);
   if (root.name !== 'domain') throw new Error(`expected a <domain> document, got <${root.name}>`);
   const nameElement = childElement(root, 'name');
+  const uuidElement = childElement(root, 'uuid');
   const devices = childElement(root, 'devices');
   return {
     virtType: root.attributes.type ?? '',
     name: nameElement === undefined ? '' : textContent(nameElement).trim(),
+    uuid: uuidElement === undefined ? '' : textContent(uuidElement).trim(),
     disks: devices === undefined ? [] : childElements(devices, 'disk').map(parseDisk),
   };
 }
@@ -69,7 +73,9 @@ function parseDisk(disk: XmlElement): DiskDefinition {
     chain.push(layer);
     backing = childElement(backing, 'backingStore');
   }
+  const mirror = mirrorOf(childElement(disk, 'mirror'));
   return {
+    ...(mirror === undefined ? {} : { mirror }),
     target: target?.attributes.dev ?? '',
     bus: target?.attributes.bus,
     device: disk.attributes.device ?? 'disk',
@@ -77,5 +83,20 @@ function parseDisk(disk: XmlElement): DiskDefinition {
     alias: childElement(disk, 'alias')?.attributes.name,
     chain,
     chainComplete: complete,
+  };
+}
+
+/**
+ * <mirror>: a block job writing into another image. A copy names its destination in the file attribute (and in
+ * <source>); an active commit names its base in <source>. ready='yes' once it caught up ('pivot' or 'abort' while
+ * it is being completed or cancelled).
+ */
+function mirrorOf(mirror: XmlElement | undefined): BlockMirror | undefined {
+  if (mirror === undefined) return undefined;
+  const type = mirror.attributes.type ?? 'file';
+  return {
+    job: mirror.attributes.job ?? 'copy',
+    path: mirror.attributes.file ?? sourcePath(type, childElement(mirror, 'source')),
+    ready: mirror.attributes.ready === 'yes',
   };
 }

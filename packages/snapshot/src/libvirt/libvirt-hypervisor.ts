@@ -69,7 +69,14 @@ export class LibvirtHypervisor implements Hypervisor {
     const state = stateText === undefined ? undefined : STATES[stateText];
     if (state === undefined) throw new HypervisorError('BAD_OUTPUT', `virsh dominfo: unknown state '${stateText ?? ''}' for domain '${domain}'`);
     const description = await this.description(domain, false);
-    return { name: fields.get('Name') ?? domain, state, persistent: fields.get('Persistent') === 'yes', virtType: description.virtType };
+    return {
+      name: fields.get('Name') ?? domain,
+      state,
+      persistent: fields.get('Persistent') === 'yes',
+      virtType: description.virtType,
+      uuid: fields.get('UUID') ?? description.uuid,
+      managedSave: fields.get('Managed save') === 'yes',
+    };
   }
 
   async domainState(domain: string): Promise<DomainState> {
@@ -145,8 +152,27 @@ export class LibvirtHypervisor implements Hypervisor {
       ...(options.shallow ? ['--shallow'] : []),
       ...(options.reuseExternal ? ['--reuse-external'] : []),
       ...(options.transientJob ? ['--transient-job'] : []),
-      '--wait',
     ]);
+    // Not `--wait`: a virsh left waiting by a caller that died would go on and act on its own; polling from
+    // here leaves nothing behind but the job itself, which recovery can see.
+    await this.waitBlockJobReady(domain, target);
+  }
+
+  async waitBlockJobReady(domain: string, target: string): Promise<void> {
+    for (let delay = 50; ; delay = Math.min(delay * 2, 500)) {
+      const disk = (await this.disks(domain)).find((d) => d.target === target);
+      if (disk === undefined) throw new HypervisorError('FAILED', `domain '${domain}' has no disk ${target}`);
+      if (disk.mirror?.ready) return;
+      // The XML's <mirror> appears with the job; no job at all means it ended without becoming ready.
+      if (disk.mirror === undefined && (await this.blockJob(domain, target)) === undefined) {
+        throw new HypervisorError('BLOCK_JOB_FAILED', `the block job on ${domain}/${target} ended before it was ready`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+
+  async pivotBlockJob(domain: string, target: string): Promise<void> {
+    await this.virsh(['blockjob', `--domain=${domain}`, `--path=${target}`, '--pivot']);
   }
 
   async blockJob(domain: string, target: string): Promise<BlockJobInfo | undefined> {
@@ -175,14 +201,16 @@ export class LibvirtHypervisor implements Hypervisor {
       '--no-metadata',
       '--atomic',
       ...(options.quiesce ? ['--quiesce'] : []),
-      `--diskspec=${options.target},snapshot=external,file=${escapeDiskspecValue(options.overlay)}`,
+      ...options.overlays.map(({ target, overlay }) => `--diskspec=${target},snapshot=external,file=${escapeDiskspecValue(overlay)}`),
       ...options.otherTargets.map((other) => `--diskspec=${other},snapshot=no`),
     ]);
   }
 
   async blockCommitActive(domain: string, target: string): Promise<void> {
     // --shallow: into the image right below the top, not into the bottom of the chain (virsh's default base).
-    await this.virsh(['blockcommit', `--domain=${domain}`, `--path=${target}`, '--active', '--shallow', '--pivot', '--wait']);
+    // No --pivot --wait, for the reason given in blockCopy: the caller pivots.
+    await this.virsh(['blockcommit', `--domain=${domain}`, `--path=${target}`, '--active', '--shallow']);
+    await this.waitBlockJobReady(domain, target);
   }
 
   async fsFreeze(domain: string): Promise<void> {
@@ -191,6 +219,18 @@ export class LibvirtHypervisor implements Hypervisor {
 
   async fsThaw(domain: string): Promise<void> {
     await this.virsh(['domfsthaw', `--domain=${domain}`]);
+  }
+
+  async fsFrozen(domain: string): Promise<boolean> {
+    const out = await this.virsh(['qemu-agent-command', `--domain=${domain}`, '{"execute":"guest-fsfreeze-status"}']);
+    let status: unknown;
+    try {
+      status = (JSON.parse(out) as { return?: unknown }).return;
+    } catch (error) {
+      throw new HypervisorError('BAD_OUTPUT', `guest-fsfreeze-status: cannot read '${out.trim()}'`, { cause: error });
+    }
+    if (status !== 'frozen' && status !== 'thawed') throw new HypervisorError('BAD_OUTPUT', `guest-fsfreeze-status: unknown status '${String(status)}'`);
+    return status === 'frozen';
   }
 
   async monitorCommand(domain: string, command: string, options: { hmp: boolean }): Promise<string> {

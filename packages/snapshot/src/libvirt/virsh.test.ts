@@ -69,27 +69,79 @@ describe('LibvirtHypervisor command lines', () => {
     return { hv, calls };
   }
 
+  /** A running domain whose vda has a ready block job (what blockcopy and blockcommit wait for). */
+  const READY_XML = `<domain type='qemu'><name>d</name><devices><disk type='file' device='disk'><driver type='qcow2'/>
+    <source file='/tmp/a.qcow2'/><backingStore/><mirror type='file' file='/tmp/d.qcow2' job='copy' ready='yes'/>
+    <target dev='vda' bus='virtio'/></disk></devices></domain>`;
+
   it('passes every value as one argument, named, after -c URI', async () => {
-    const { hv, calls } = recording();
+    const { hv, calls } = recording({ dumpxml: { stdout: READY_XML, stderr: '', exitCode: 0 } });
     const domain = '--evil name; rm -rf /';
-    await hv.snapshotDiskOnly(domain, { target: 'vda', overlay: '/tmp/a b,c.qcow2', otherTargets: ['vdb'], quiesce: true });
+    await hv.snapshotDiskOnly(domain, {
+      overlays: [
+        { target: 'vda', overlay: '/tmp/a b,c.qcow2' },
+        { target: 'vdc', overlay: '/tmp/c.qcow2' },
+      ],
+      otherTargets: ['vdb'],
+      quiesce: true,
+    });
     await hv.blockCopy(domain, 'vda', '/tmp/d.qcow2', { shallow: true, reuseExternal: true, transientJob: true, format: 'qcow2' });
     await hv.blockCommitActive(domain, 'vda');
+    await hv.pivotBlockJob(domain, 'vda');
     await hv.monitorCommand(domain, 'qemu-io -d x "write 0 1"', { hmp: true });
+    const dumpxml = ['-c', 'qemu:///session', 'dumpxml', `--domain=${domain}`];
     expect(calls).toEqual([
-      ['-c', 'qemu:///session', 'snapshot-create-as', `--domain=${domain}`, '--disk-only', '--no-metadata', '--atomic', '--quiesce', '--diskspec=vda,snapshot=external,file=/tmp/a b,,c.qcow2', '--diskspec=vdb,snapshot=no'],
-      ['-c', 'qemu:///session', 'blockcopy', `--domain=${domain}`, '--path=vda', '--dest=/tmp/d.qcow2', '--format=qcow2', '--shallow', '--reuse-external', '--transient-job', '--wait'],
-      ['-c', 'qemu:///session', 'blockcommit', `--domain=${domain}`, '--path=vda', '--active', '--shallow', '--pivot', '--wait'],
+      [
+        ...['-c', 'qemu:///session', 'snapshot-create-as', `--domain=${domain}`, '--disk-only', '--no-metadata', '--atomic', '--quiesce'],
+        ...['--diskspec=vda,snapshot=external,file=/tmp/a b,,c.qcow2', '--diskspec=vdc,snapshot=external,file=/tmp/c.qcow2', '--diskspec=vdb,snapshot=no'],
+      ],
+      // No --wait: the job is polled until ready, so a dead caller leaves no virsh behind that acts later.
+      ['-c', 'qemu:///session', 'blockcopy', `--domain=${domain}`, '--path=vda', '--dest=/tmp/d.qcow2', '--format=qcow2', '--shallow', '--reuse-external', '--transient-job'],
+      dumpxml,
+      ['-c', 'qemu:///session', 'blockcommit', `--domain=${domain}`, '--path=vda', '--active', '--shallow'],
+      dumpxml,
+      ['-c', 'qemu:///session', 'blockjob', `--domain=${domain}`, '--path=vda', '--pivot'],
       ['-c', 'qemu:///session', 'qemu-monitor-command', `--domain=${domain}`, '--hmp', '--', 'qemu-io -d x "write 0 1"'],
     ]);
   });
 
+  it('waits for a block job to be ready, and fails when it ends before', async () => {
+    let polls = 0;
+    const notReady = READY_XML.replace(" ready='yes'", '');
+    const hv = new LibvirtHypervisor({
+      runner: async (args) => {
+        if (args[2] === 'dumpxml') return { stdout: ++polls < 3 ? notReady : READY_XML, stderr: '', exitCode: 0 };
+        return { stdout: '', stderr: '', exitCode: 0 };
+      },
+    });
+    await hv.waitBlockJobReady('d', 'vda');
+    expect(polls).toBe(3);
+    const gone = new LibvirtHypervisor({
+      runner: async (args) => ({ stdout: args[2] === 'dumpxml' ? READY_XML.replace(/<mirror[^>]*\/>/, '') : '', stderr: '', exitCode: 0 }),
+    });
+    await expect(gone.waitBlockJobReady('d', 'vda')).rejects.toMatchObject({ code: 'BLOCK_JOB_FAILED' });
+  });
+
+  it("reads the agent's freeze status", async () => {
+    const { hv } = recording({ 'qemu-agent-command': { stdout: '{"return":"frozen"}\n', stderr: '', exitCode: 0 } });
+    expect(await hv.fsFrozen('d')).toBe(true);
+    const { hv: thawed } = recording({ 'qemu-agent-command': { stdout: '{"return":"thawed"}', stderr: '', exitCode: 0 } });
+    expect(await thawed.fsFrozen('d')).toBe(false);
+    const { hv: odd } = recording({ 'qemu-agent-command': { stdout: 'nonsense', stderr: '', exitCode: 0 } });
+    await expect(odd.fsFrozen('d')).rejects.toMatchObject({ code: 'BAD_OUTPUT' });
+  });
+
   it('reads dominfo and the domain type', async () => {
     const { hv } = recording({
-      dominfo: { stdout: 'Id:             2\nName:           d\nState:          idle\nPersistent:     no\n', stderr: '', exitCode: 0 },
+      // virsh 9.0's dominfo lines.
+      dominfo: {
+        stdout: 'Id:             2\nName:           d\nUUID:           6143cbd8-2819-4953-9bdc-24dcde625ade\nState:          idle\nPersistent:     no\nManaged save:   yes\n',
+        stderr: '',
+        exitCode: 0,
+      },
       dumpxml: { stdout: "<domain type='qemu'><name>d</name></domain>", stderr: '', exitCode: 0 },
     });
-    expect(await hv.domainInfo('d')).toEqual({ name: 'd', state: 'running', persistent: false, virtType: 'qemu' });
+    expect(await hv.domainInfo('d')).toEqual({ name: 'd', state: 'running', persistent: false, virtType: 'qemu', uuid: '6143cbd8-2819-4953-9bdc-24dcde625ade', managedSave: true });
   });
 
   it('reads domstate', async () => {

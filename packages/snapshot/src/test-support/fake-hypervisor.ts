@@ -3,9 +3,10 @@
  * (qemu-img does what QEMU would do to them), with a failure injectable into every call — before it acts, or
  * after (the call did its work and then reported an error, as a virsh that timed out can).
  */
+import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync } from 'node:fs';
 import { HypervisorError, type HypervisorErrorCode } from '../errors.js';
-import type { BlockCopyOptions, BlockJobInfo, DiskDefinition, DiskLayer, DiskOnlySnapshotOptions, DomainInfo, DomainState, Hypervisor } from '../hypervisor.js';
+import type { BlockCopyOptions, BlockJobInfo, BlockMirror, DiskDefinition, DiskLayer, DiskOnlySnapshotOptions, DomainInfo, DomainState, Hypervisor } from '../hypervisor.js';
 import { qemuImg, qemuIo } from './images.js';
 
 export type FakeCall = Exclude<keyof Hypervisor, 'uri'>;
@@ -37,7 +38,9 @@ interface FakeDomain {
   /** The persistent definition, opaque: compared as a string by the tests. */
   persistentXml: string;
   managedSave: { state: DomainState } | undefined;
-  job: { target: string; type: string; destination?: string } | undefined;
+  /** The block job (one at a time, as the flows use them). An active commit names the base it merges into. */
+  job: { target: string; type: string; destination?: string; base?: string } | undefined;
+  uuid: string;
 }
 
 interface Failure {
@@ -70,6 +73,7 @@ export class FakeHypervisor implements Hypervisor {
       persistentXml: `<domain type='${spec.virtType ?? 'kvm'}'><name>${spec.name}</name><!-- definition 1 --></domain>`,
       managedSave: undefined,
       job: undefined,
+      uuid: fakeUuid(spec.name),
     });
   }
 
@@ -100,13 +104,15 @@ export class FakeHypervisor implements Hypervisor {
     };
   }
 
-  /** A guest write to the disk's active image, mirrored into a running copy as QEMU does. */
+  /** A guest write to the disk's active image, mirrored into a running copy or a ready active commit as QEMU does. */
   guestWrite(name: string, target: string, pattern: number, offset: number, length: number): void {
     const d = this.domain(name);
     if (d.state !== 'running') throw new Error(`guest ${name} is ${d.state}: it cannot write`);
+    if (d.frozen) throw new Error(`guest ${name} is frozen: it cannot write`);
     const disk = this.disk(d, target);
     qemuIo(disk.chain[0]!.path!, [`write -q -P ${pattern} ${offset} ${length}`], { format: disk.chain[0]!.format! });
     if (d.job?.type === 'Block Copy' && d.job.target === target) qemuIo(d.job.destination!, [`write -q -P ${pattern} ${offset} ${length}`]);
+    if (d.job?.type === 'Active Block Commit' && d.job.target === target) qemuIo(disk.chain[1]!.path!, [`write -q -P ${pattern} ${offset} ${length}`], { format: disk.chain[1]!.format! });
   }
 
   private async call<T>(name: FakeCall, action: () => T | Promise<T>): Promise<T> {
@@ -134,7 +140,7 @@ export class FakeHypervisor implements Hypervisor {
   domainInfo(name: string): Promise<DomainInfo> {
     return this.call('domainInfo', () => {
       const d = this.domain(name);
-      return { name: d.name, state: d.state, persistent: d.persistent, virtType: d.virtType };
+      return { name: d.name, state: d.state, persistent: d.persistent, virtType: d.virtType, uuid: d.uuid, managedSave: d.managedSave !== undefined };
     });
   }
 
@@ -147,6 +153,7 @@ export class FakeHypervisor implements Hypervisor {
       const d = this.domain(name);
       const live = !options.inactive && (d.state === 'running' || d.state === 'paused');
       return d.disks.map((disk) => ({
+        ...(live && d.job?.target === disk.target ? { mirror: mirrorOf(d.job) } : {}),
         target: disk.target,
         bus: 'virtio',
         device: disk.device ?? 'disk',
@@ -255,6 +262,7 @@ export class FakeHypervisor implements Hypervisor {
     });
   }
 
+  /** Ends the job without pivot: after an active commit, the guest stays on the overlay. */
   abortBlockJob(name: string, target: string): Promise<void> {
     return this.call('abortBlockJob', () => {
       const d = this.domain(name);
@@ -267,27 +275,53 @@ export class FakeHypervisor implements Hypervisor {
       const d = this.domain(name);
       this.requireActive(d);
       if (options.quiesce && !d.agent) throw new HypervisorError('AGENT_UNAVAILABLE', 'argument unsupported: QEMU guest agent is not configured');
-      if (existsSync(options.overlay)) throw new HypervisorError('FAILED', `external snapshot file for disk ${options.target} already exists`);
-      const others = d.disks.filter((x) => x.target !== options.target).map((x) => x.target);
-      if (others.some((t) => !options.otherTargets.includes(t))) throw new HypervisorError('FAILED', 'the fake snapshots one disk only: list the others');
-      const disk = this.disk(d, options.target);
-      const top = disk.chain[0]!;
-      qemuImg('create', '-q', '-f', 'qcow2', '-b', top.path!, '-F', top.format!, options.overlay);
-      disk.chain.unshift({ type: 'file', path: options.overlay, format: 'qcow2' });
-      if (d.persistent) d.persistentXml = d.persistentXml.replace('</domain>', `<!-- on ${options.overlay} --></domain>`);
+      const targets = options.overlays.map((o) => o.target);
+      const others = d.disks.filter((x) => !targets.includes(x.target)).map((x) => x.target);
+      if (others.some((t) => !options.otherTargets.includes(t))) throw new HypervisorError('FAILED', 'every disk must be named: with an overlay or snapshot=no');
+      // One transaction: every check before any change.
+      for (const { target, overlay } of options.overlays) {
+        this.disk(d, target);
+        if (existsSync(overlay)) throw new HypervisorError('FAILED', `external snapshot file for disk ${target} already exists`);
+      }
+      for (const { target, overlay } of options.overlays) {
+        const disk = this.disk(d, target);
+        const top = disk.chain[0]!;
+        qemuImg('create', '-q', '-f', 'qcow2', '-b', top.path!, '-F', top.format!, overlay);
+        disk.chain.unshift({ type: 'file', path: overlay, format: 'qcow2' });
+        if (d.persistent) d.persistentXml = d.persistentXml.replace('</domain>', `<!-- on ${overlay} --></domain>`);
+      }
     });
   }
 
+  /** Starts the active commit and brings it to ready: the overlay's data is in the image below, new writes go to both. */
   blockCommitActive(name: string, target: string): Promise<void> {
     return this.call('blockCommitActive', () => {
       const d = this.domain(name);
       this.requireActive(d);
       const disk = this.disk(d, target);
       if (disk.chain.length < 2) throw new HypervisorError('FAILED', 'invalid argument: top has no backing file');
-      qemuImg('commit', '-q', '-f', 'qcow2', disk.chain[0]!.path!);
+      if (d.job !== undefined) throw new HypervisorError('OPERATION_INVALID', `Requested operation is not valid: disk '${target}' already in active block job`);
+      qemuImg('commit', '-q', '-d', '-f', 'qcow2', disk.chain[0]!.path!);
+      d.job = { target, type: 'Active Block Commit', base: disk.chain[1]!.path! };
+    });
+  }
+
+  pivotBlockJob(name: string, target: string): Promise<void> {
+    return this.call('pivotBlockJob', () => {
+      const d = this.domain(name);
+      if (d.job?.target !== target) throw new HypervisorError('NO_BLOCK_JOB', `invalid argument: disk '${target}' does not have an active block job`);
+      if (d.job.type !== 'Active Block Commit') throw new HypervisorError('FAILED', 'the fake pivots active commits only');
+      const disk = this.disk(d, target);
       const overlay = disk.chain.shift()!;
+      d.job = undefined;
       // libvirt rewrites the persistent definition at the pivot, with its own formatting.
       if (d.persistent) d.persistentXml = d.persistentXml.replace(`<!-- on ${overlay.path!} -->`, '<!-- pivoted -->');
+    });
+  }
+
+  waitBlockJobReady(name: string, target: string): Promise<void> {
+    return this.call('waitBlockJobReady', () => {
+      if (this.domain(name).job?.target !== target) throw new HypervisorError('BLOCK_JOB_FAILED', `the block job on ${name}/${target} ended before it was ready`);
     });
   }
 
@@ -307,9 +341,30 @@ export class FakeHypervisor implements Hypervisor {
     });
   }
 
+  fsFrozen(name: string): Promise<boolean> {
+    return this.call('fsFrozen', () => {
+      const d = this.domain(name);
+      if (!d.agent) throw new HypervisorError('AGENT_UNAVAILABLE', 'argument unsupported: QEMU guest agent is not configured');
+      return d.frozen;
+    });
+  }
+
   monitorCommand(): Promise<string> {
     return this.call('monitorCommand', () => {
       throw new HypervisorError('UNSUPPORTED', 'the fake has no QEMU monitor');
     });
   }
+}
+
+/** A stable UUID for a fake domain's name. */
+function fakeUuid(name: string): string {
+  const hex = createHash('sha256').update(name).digest('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
+}
+
+/** The <mirror> libvirt shows for a job (the fake's jobs are ready at once). */
+function mirrorOf(job: { type: string; destination?: string; base?: string }): BlockMirror {
+  if (job.type === 'Block Copy') return { job: 'copy', path: job.destination, ready: true };
+  if (job.type === 'Active Block Commit') return { job: 'active-commit', path: job.base, ready: true };
+  return { job: job.type.toLowerCase(), path: undefined, ready: false };
 }
