@@ -3,102 +3,21 @@
  * method from every guest state, and a failure injected at every step — each must leave the guest as it was,
  * with nothing left behind, and report the failure that stopped it.
  */
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { isCI, requireQemuImg, hasQemuImg } from '../../../fixtures/corpus.js';
 import { createQcow2 } from '@qcowkit/qcow2/engine';
 import { FileStorage } from '@qcowkit/qcow2/node';
 import { HypervisorError, SnapshotError } from './errors.js';
-import { snapshotDomain, type SnapshotOptions } from './snapshot.js';
-import { FakeHypervisor, type FakeCall } from './test-support/fake-hypervisor.js';
-import { checkImage, compareImages, expectedContent, imageInfo, makeChain, MiB, qemuImg, verifyRegions, visibleRegions, type Region } from './test-support/images.js';
+import type { SnapshotOptions } from './snapshot.js';
+import type { FakeCall } from './test-support/fake-hypervisor.js';
+import { BASE, cleanUpSetups, DURING, expectGoodOutput, expectRestored, setup, SIZE, snapshot, TOP } from './test-support/fake-guest.js';
+import { compareImages, MiB, qemuImg, verifyRegions, visibleRegions } from './test-support/images.js';
 
 requireQemuImg();
 const haveQemu = hasQemuImg() || isCI();
-
-const SIZE = 16 * MiB;
-const BASE: Region[] = [
-  { offset: 0, length: 2 * MiB, pattern: 0x11 },
-  { offset: 8 * MiB, length: 1 * MiB, pattern: 0x12 },
-];
-const TOP: Region[] = [
-  { offset: 1 * MiB, length: 2 * MiB, pattern: 0x21 },
-  { offset: 12 * MiB, length: 64 * 1024, pattern: 0x22 },
-];
-/** A write the guest makes while the snapshot runs: on the disk afterwards, not in the output. */
-const DURING: Region = { offset: 4 * MiB, length: 64 * 1024, pattern: 0x5a };
-
-interface Setup {
-  dir: string;
-  /** The intent logs' directory: empty whenever the guest is back as it was. */
-  stateDir: string;
-  fake: FakeHypervisor;
-  output: string;
-  expected: string;
-  files: string[];
-  before: ReturnType<FakeHypervisor['observe']>;
-}
-
-const dirs: string[] = [];
-afterEach(() => {
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
-
-function setup(state: 'running' | 'paused' | 'shutoff', options: { agent?: boolean; persistent?: boolean; virtType?: string } = {}): Setup {
-  const dir = mkdtempSync(join(tmpdir(), 'qcowkit-vm-flows-'));
-  const stateDir = mkdtempSync(join(tmpdir(), 'qcowkit-vm-flows-state-'));
-  dirs.push(dir, stateDir);
-  const base = join(dir, 'base.qcow2');
-  const top = join(dir, 'top.qcow2');
-  makeChain(base, top, SIZE, BASE, TOP);
-  const data = join(dir, 'data.raw');
-  writeFileSync(data, Buffer.alloc(MiB, 0x77));
-  const expected = join(dir, 'expected.raw');
-  writeFileSync(expected, expectedContent(SIZE, [...BASE, ...TOP]));
-  const fake = new FakeHypervisor();
-  fake.addDomain({
-    name: 'guest',
-    state,
-    ...options,
-    disks: [
-      {
-        target: 'vda',
-        chain: [
-          { type: 'file', path: top, format: 'qcow2' },
-          { type: 'file', path: base, format: 'qcow2' },
-        ],
-      },
-      { target: 'vdb', chain: [{ type: 'file', path: data, format: 'raw' }] },
-    ],
-  });
-  return { dir, stateDir, fake, output: join(dir, 'out.qcow2'), expected, files: readdirSync(dir).sort(), before: fake.observe('guest') };
-}
-
-function snapshot(s: Setup, options: Partial<SnapshotOptions> = {}): ReturnType<typeof snapshotDomain> {
-  return snapshotDomain(s.fake, { domain: 'guest', output: s.output, stateDir: s.stateDir, ...options });
-}
-
-/** The guest as it was, no job, no temporary file, no output, and its disk unchanged. */
-function expectRestored(s: Setup, extraWrites: Region[] = []): void {
-  expect(s.fake.observe('guest')).toEqual(s.before);
-  expect(readdirSync(s.dir).sort()).toEqual(s.files);
-  expect(readdirSync(s.stateDir)).toEqual([]);
-  const top = s.before.chains[0]![0]!;
-  if (extraWrites.length === 0) expect(compareImages(s.expected, top, ['raw', 'qcow2']).identical).toBe(true);
-  verifyRegions(top, visibleRegions(SIZE, [...BASE, ...TOP, ...extraWrites]));
-}
-
-/** The output holds the disk at the snapshot's point in time, standalone, and passes qemu-img check. */
-function expectGoodOutput(s: Setup, format: 'qcow2' | 'raw' = 'qcow2'): void {
-  const result = compareImages(s.expected, s.output, ['raw', format]);
-  expect(result.identical, result.output).toBe(true);
-  if (format === 'qcow2') {
-    checkImage(s.output);
-    expect(imageInfo(s.output)['backing-filename']).toBeUndefined();
-  }
-}
+cleanUpSetups();
 
 describe.skipIf(!haveQemu)('snapshot flows (fake hypervisor)', () => {
   describe.each(['running', 'paused'] as const)('%s guest', (state) => {

@@ -10,6 +10,7 @@ export {
   type DomainInfo,
   type DomainState,
   type Hypervisor,
+  type BlockMirror,
 } from './hypervisor.js';
 export { LibvirtHypervisor, type LibvirtHypervisorOptions } from './libvirt/libvirt-hypervisor.js';
 export { parseDomainXml, type DomainDescription } from './libvirt/domain-xml.js';
@@ -29,3 +30,8 @@ export {
   type SnapshotOptions,
   type SnapshotResult,
 } from './snapshot.js';
+export { snapshotAllDisks, snapshotableDisks, type AllDisksOptions, type AllDisksResult, type ManifestDisk, type SnapshotManifest } from './all-disks.js';
+export { recoverDomain, findLeftovers, visibleLeftovers, type RecoverOptions, type RecoveryReport, type Leftover } from './recover.js';
+export { defaultStateDir, intentLogPath, readIntent, type IntentRecord, type IntentDisk, type IntentOutput, type FlowName } from './intent/intent-log.js';
+export { temporaryKind, type TemporaryKind } from './intent/temporaries.js';
+export type { RunOptions } from './run.js';

@@ -315,8 +315,14 @@ export async function recoverDomain(hypervisor: Hypervisor, domain: string, opti
   if (stillRunning.length > 0) recovery.report.notes.push(`virsh calls on ${name} still running after the wait (pids ${stillRunning.join(', ')})`);
   // Changes made by calls the killed run left in flight may land while we look: go round until a pass finds
   // nothing to do.
-  for (let pass = 0; pass < 5; pass++) {
-    if (!(await recovery.pass())) break;
+  const where = record === undefined ? '' : `; the intent log ${intentLogPath(stateDir, info.uuid)} is kept: run vm recover again`;
+  for (let pass = 0, failures = 0; pass < 6; pass++) {
+    try {
+      if (!(await recovery.pass())) break;
+    } catch (error) {
+      // A busy libvirt answers the second time; a step that keeps failing stops the recovery, log kept.
+      if (++failures >= 2) throw new SnapshotError('RECOVERY_INCOMPLETE', `recovering domain ${name} failed: ${messageOf(error)}${where}`, { domain: name, cause: error });
+    }
     await new Promise((resolve) => setTimeout(resolve, 300));
   }
   const left = await recovery.remaining();
@@ -324,7 +330,7 @@ export async function recoverDomain(hypervisor: Hypervisor, domain: string, opti
     const notes = recovery.report.notes.length > 0 ? ` (${recovery.report.notes.join('; ')})` : '';
     throw new SnapshotError(
       'RECOVERY_INCOMPLETE',
-      `domain ${name} is not fully recovered: ${left.join('; ')}${notes}${record === undefined ? '' : `; the intent log ${intentLogPath(stateDir, info.uuid)} is kept`}`,
+      `domain ${name} is not fully recovered: ${left.join('; ')}${notes}${where}`,
       { domain: name },
     );
   }

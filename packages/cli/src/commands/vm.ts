@@ -4,6 +4,7 @@ import {
   LibvirtHypervisor,
   SnapshotError,
   describeDisks,
+  snapshotAllDisks,
   snapshotDomain,
   type DiskChainReport,
   type LiveMethod,
@@ -14,11 +15,14 @@ import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat } from '../output/output-format.js';
 import { progressPrinter } from '../output/progress.js';
+import { registerVmRecover } from './vm-recover.js';
 
 /**
- * qcowkit vm: disks of libvirt guests. `vm snapshot` writes one disk of a guest into a standalone image, live or
- * cold as nova's libvirt driver would (see @qcowkit/snapshot); `vm disks` lists a guest's disks and their chains.
- * Everything goes through `virsh -c URI`; the images are read by the engine with the formats libvirt states.
+ * qcowkit vm: disks of libvirt guests. `vm snapshot` writes one disk of a guest (or, with --all-disks, every disk
+ * at one instant) into standalone images, live or cold as nova's libvirt driver would (see @qcowkit/snapshot);
+ * `vm recover` brings a guest back after a killed snapshot run (vm-recover.ts); `vm disks` lists a guest's disks
+ * and their chains. Everything goes through `virsh -c URI`; the images are read by the engine with the formats
+ * libvirt states.
  */
 
 interface ConnectFlags {
@@ -35,6 +39,7 @@ interface SnapshotFlags extends ConnectFlags {
   compress?: boolean;
   progress?: boolean;
   tempDir?: string;
+  allDisks?: boolean;
 }
 
 interface DisksFlags extends ConnectFlags {
@@ -43,7 +48,7 @@ interface DisksFlags extends ConnectFlags {
 }
 
 /** virsh's own default: $LIBVIRT_DEFAULT_URI, else the system QEMU driver. */
-function connection(flags: ConnectFlags): LibvirtHypervisor {
+export function connection(flags: ConnectFlags): LibvirtHypervisor {
   return new LibvirtHypervisor({ uri: flags.connect ?? process.env.LIBVIRT_DEFAULT_URI ?? 'qemu:///system' });
 }
 
@@ -53,7 +58,7 @@ function oneOf<T extends string>(value: string, allowed: readonly T[], flag: str
 }
 
 /** The snapshot package's typed errors become one `qcowkit: DOMAIN: message` line. */
-async function reporting<T>(domain: string, body: () => Promise<T>): Promise<T> {
+export async function reporting<T>(domain: string, body: () => Promise<T>): Promise<T> {
   try {
     return await body();
   } catch (error) {
@@ -84,13 +89,14 @@ export function registerVm(program: Command): void {
   const vm = program.command('vm').description('snapshot and inspect the disks of libvirt guests (through virsh)');
 
   vm.command('snapshot')
-    .description("write one disk of a guest into a standalone image: live while it runs on QEMU/KVM, else cold (as OpenStack nova)")
+    .description("write one disk of a guest into a standalone image: live while it runs on QEMU/KVM, else cold (as OpenStack nova); with --all-disks, every disk at one instant")
     .argument('<domain>', 'libvirt domain name, id or UUID')
-    .argument('<output>', 'image to write')
+    .argument('<output>', 'image to write (with --all-disks: a directory that receives TARGET.qcow2 per disk and manifest.json)')
     .option('--connect <uri>', 'libvirt connection URI (default: $LIBVIRT_DEFAULT_URI or qemu:///system)')
     .option('--mode <mode>', 'auto (live when running or paused on QEMU/KVM, else cold), live or cold', 'auto')
     .option('--method <method>', 'live method: overlay (temporary external snapshot, default) or mirror (nova\'s blockcopy)')
     .option('--disk <target>', "the disk's target device (default: the first disk)")
+    .option('--all-disks', 'every disk at one instant (one atomic snapshot of all disks, quiesced once), into OUTPUT as a directory')
     .option('--quiesce', 'freeze the guest file systems through the guest agent; go on without it when there is none')
     .option('--require-quiesce', 'freeze the guest file systems through the guest agent, or fail')
     .option('-O, --output-format <fmt>', 'output format: qcow2 or raw', 'qcow2')
@@ -100,6 +106,8 @@ export function registerVm(program: Command): void {
     .action(async (domain: string, output: string, flags: SnapshotFlags) => {
       const mode = oneOf<SnapshotMode>(flags.mode, ['auto', 'live', 'cold'], '--mode');
       const method = flags.method === undefined ? undefined : oneOf<LiveMethod>(flags.method, ['overlay', 'mirror'], '--method');
+      if (flags.allDisks && flags.disk !== undefined) throw new CommandError('--all-disks and --disk exclude each other');
+      if (flags.allDisks && method === 'mirror') throw new CommandError('--all-disks takes every disk at one instant with the overlay method; --method mirror copies one disk');
       if (flags.quiesce && flags.requireQuiesce) throw new CommandError('--quiesce and --require-quiesce exclude each other');
       const quiesce: QuiesceMode = flags.requireQuiesce ? 'require' : flags.quiesce ? 'try' : 'off';
       const format = oneOf(flags.outputFormat, ['qcow2', 'raw'] as const, '-O');
@@ -118,19 +126,24 @@ export function registerVm(program: Command): void {
         if (interrupted !== undefined) throw new CommandError(`interrupted (${interrupted})`, 128 + (interrupted === 'SIGINT' ? 2 : 15), domain);
         progress.update(done, total);
       };
-      const result = await reporting(domain, () =>
-        snapshotDomain(connection(flags), {
-          domain,
-          output,
-          mode,
-          ...(method === undefined ? {} : { method }),
-          ...(flags.disk === undefined ? {} : { disk: flags.disk }),
-          quiesce,
-          format,
-          compress: flags.compress === true,
-          ...(flags.tempDir === undefined ? {} : { tempDir: flags.tempDir }),
-          onProgress,
-        }),
+      const common = {
+        domain,
+        mode,
+        quiesce,
+        format,
+        compress: flags.compress === true,
+        ...(flags.tempDir === undefined ? {} : { tempDir: flags.tempDir }),
+        onProgress,
+      };
+      const result = await reporting<{ notes: string[] }>(domain, () =>
+        flags.allDisks
+          ? snapshotAllDisks(connection(flags), { ...common, outputDir: output })
+          : snapshotDomain(connection(flags), {
+              ...common,
+              output,
+              ...(method === undefined ? {} : { method }),
+              ...(flags.disk === undefined ? {} : { disk: flags.disk }),
+            }),
       ).finally(() => {
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
@@ -138,6 +151,8 @@ export function registerVm(program: Command): void {
       progress.finish();
       for (const note of result.notes) process.stderr.write(`qcowkit: ${domain}: warning: ${note}\n`);
     });
+
+  registerVmRecover(vm);
 
   vm.command('disks')
     .description("list a guest's disks, each with its image chain (formats as libvirt states them)")

@@ -5,7 +5,7 @@
  *
  * Steps (each announced in the intent log first): managedsave, convert (per disk), start, publish, finish.
  */
-import { enterStep, type FlowContext } from './context.js';
+import { atInstant, enterStep, type FlowContext } from './context.js';
 import { convertChain, preflightChain } from './outputs.js';
 import { finishRun, restoreRunState, Restorer } from './restore.js';
 
@@ -19,7 +19,10 @@ export async function coldSnapshot(context: FlowContext): Promise<void> {
     for (const job of context.jobs) await preflightChain(job.disk, job.output.path);
     if (active) {
       await enterStep(context, 'managedsave', { mayBeSaved: true });
-      await hypervisor.managedSave(domain);
+      await atInstant(context, () => hypervisor.managedSave(domain));
+    } else {
+      // Shut off: the disks do not change while they are read.
+      await atInstant(context, async () => {});
     }
     // The chains as the running domain described them (complete), read while the guest is stopped.
     for (const job of context.jobs) await convertChain(context, job, job.disk.chain, job.disk.chainComplete);

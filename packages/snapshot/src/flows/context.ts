@@ -43,6 +43,14 @@ export type SnapshotStep =
 export interface DiskJob {
   disk: DiskDefinition;
   output: IntentOutput;
+  /** The disk's size, known once its chain was opened for the conversion. */
+  virtualSize?: number;
+}
+
+/** When the snapshot was taken: the disks hold the guest's writes up to a moment between these two. */
+export interface SnapshotInstant {
+  notBefore: string;
+  at: string;
 }
 
 export interface FlowContext {
@@ -62,6 +70,8 @@ export interface FlowContext {
   /** Things worth telling the user that are not errors ("guest agent not available: not quiesced"). */
   notes: string[];
   intent: IntentLog;
+  /** Set by the flow when it takes the snapshot (the external snapshot, the copy's abort, the managed save). */
+  instant?: SnapshotInstant;
   /** Written after the outputs are published (all-disks: the manifest), if any. */
   afterPublish?: () => Promise<void>;
 }
@@ -99,4 +109,12 @@ export async function refuseRunningBlockJobs(context: FlowContext): Promise<void
       throw new SnapshotError('BLOCK_JOB_ACTIVE', `a ${job.type} job is running on ${context.domain}/${disk.target}; wait for it or abort it first`, { domain: context.domain });
     }
   }
+}
+
+/** Runs the step that fixes the snapshot's point in time, and records when that was. */
+export async function atInstant<T>(context: FlowContext, take: () => Promise<T>): Promise<T> {
+  const notBefore = new Date().toISOString();
+  const result = await take();
+  context.instant = { notBefore, at: new Date().toISOString() };
+  return result;
 }

@@ -18,7 +18,7 @@ import { chainLayers, openChain } from '../disk-chain.js';
 import type { DiskLayer } from '../hypervisor.js';
 import { temporaryPath } from '../intent/temporaries.js';
 import { createOverlayImage } from '../write-image.js';
-import { enterStep, refuseRunningBlockJobs, reportStep, type FlowContext } from './context.js';
+import { atInstant, enterStep, refuseRunningBlockJobs, reportStep, type FlowContext } from './context.js';
 import { convertChain, refuseOutputInChain } from './outputs.js';
 import { finishRun, quiesceUnavailable, restoreRunState, Restorer } from './restore.js';
 
@@ -97,7 +97,7 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
     }
     // The point in time of the snapshot: the delta stops following the disk.
     await enterStep(context, 'blockjob-abort');
-    await hypervisor.abortBlockJob(domain, target);
+    await atInstant(context, () => hypervisor.abortBlockJob(domain, target));
     copyStarted = false;
   } catch (error) {
     primary = { error };

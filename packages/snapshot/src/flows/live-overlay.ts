@@ -16,7 +16,7 @@
  */
 import { SnapshotError, isHypervisorError, messageOf } from '../errors.js';
 import { temporaryPath } from '../intent/temporaries.js';
-import { enterStep, refuseRunningBlockJobs, reportStep, samePath, type DiskJob, type FlowContext } from './context.js';
+import { atInstant, enterStep, refuseRunningBlockJobs, reportStep, samePath, type DiskJob, type FlowContext } from './context.js';
 import { convertChain, preflightChain } from './outputs.js';
 import { finishRun, quiesceUnavailable, restoreRunState, Restorer } from './restore.js';
 
@@ -64,12 +64,12 @@ export async function overlaySnapshot(context: FlowContext): Promise<void> {
       quiesce = false;
     }
     try {
-      await snapshot(quiesce);
+      await atInstant(context, () => snapshot(quiesce));
     } catch (error) {
       if (!quiesce || !isHypervisorError(error, 'AGENT_UNAVAILABLE')) throw error;
       quiesceUnavailable(context, error);
       reportStep(context, 'snapshot');
-      await snapshot(false);
+      await atInstant(context, () => snapshot(false));
     }
     for (const { job, overlay } of overlays) {
       if (!(await runsOnOverlay(context, job.disk.target, overlay))) {

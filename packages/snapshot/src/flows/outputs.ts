@@ -40,6 +40,7 @@ export async function convertChain(context: FlowContext, job: DiskJob, layers: r
   const drainReads = trackCalls(source, ['read']);
   try {
     await refuseOutputInChain(source, job.output.path);
+    job.virtualSize = source.size;
     await writeImage(source, job.output.partial, {
       format: context.format,
       compress: context.compress,

@@ -58,6 +58,9 @@ export class FakeHypervisor implements Hypervisor {
   readonly domains = new Map<string, FakeDomain>();
   readonly calls: string[] = [];
   private readonly failures = new Map<FakeCall, Failure>();
+  private hang: { call: FakeCall; after: boolean; skip: number } | undefined;
+  /** The overlays external snapshots created. */
+  private readonly overlays = new Set<string>();
   /** Whether blockcopy takes --transient-job (libvirt ≥ 1.2.19); without it a persistent domain must be undefined. */
   transientJobSupported = true;
 
@@ -83,6 +86,17 @@ export class FakeHypervisor implements Hypervisor {
     this.failures.set(call, { error, after: options.after ?? false, times: options.times ?? 1, skip: options.skip ?? 0 });
     return error;
   }
+
+  /**
+   * The next call of `call` never returns (after acting, with `after`): the caller is as good as killed there,
+   * with libvirt left as that call left it. The crash tests then run recovery on the same fake.
+   */
+  hangOn(call: FakeCall, options: { after?: boolean; skip?: number } = {}): void {
+    this.hang = { call, after: options.after ?? false, skip: options.skip ?? 0 };
+  }
+
+  /** Whether a call is hanging now (the simulated kill happened). */
+  hung = false;
 
   domain(name: string): FakeDomain {
     const d = this.domains.get(name);
@@ -117,6 +131,19 @@ export class FakeHypervisor implements Hypervisor {
 
   private async call<T>(name: FakeCall, action: () => T | Promise<T>): Promise<T> {
     this.calls.push(name);
+    if (this.hang?.call === name && this.hang.skip-- === 0) {
+      const { after } = this.hang;
+      this.hang = undefined;
+      if (after) {
+        try {
+          await action();
+        } catch {
+          // It refused: the run dies all the same, before it learns.
+        }
+      }
+      this.hung = true;
+      return new Promise<T>(() => {});
+    }
     const failure = this.failures.get(name);
     if (failure !== undefined && failure.skip > 0) failure.skip--;
     else if (failure !== undefined) {
@@ -220,6 +247,13 @@ export class FakeHypervisor implements Hypervisor {
       const d = this.domain(name ?? '');
       d.persistent = true;
       d.persistentXml = xml;
+      // The definition names each external snapshot's overlay (<!-- on PATH -->): a shut-off domain defined
+      // without it is back on the image below.
+      if (d.state === 'shutoff') {
+        for (const disk of d.disks) {
+          while (disk.chain.length > 1 && this.overlays.has(disk.chain[0]!.path!) && !xml.includes(`<!-- on ${disk.chain[0]!.path!} -->`)) disk.chain.shift();
+        }
+      }
     });
   }
 
@@ -288,6 +322,7 @@ export class FakeHypervisor implements Hypervisor {
         const top = disk.chain[0]!;
         qemuImg('create', '-q', '-f', 'qcow2', '-b', top.path!, '-F', top.format!, overlay);
         disk.chain.unshift({ type: 'file', path: overlay, format: 'qcow2' });
+        this.overlays.add(overlay);
         if (d.persistent) d.persistentXml = d.persistentXml.replace('</domain>', `<!-- on ${overlay} --></domain>`);
       }
     });
