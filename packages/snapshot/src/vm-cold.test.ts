@@ -18,7 +18,7 @@ describe.skipIf(!vmTestsEnabled())('cold snapshots with libvirt', () => {
 
   async function run(options: Partial<SnapshotOptions>): Promise<{ result: SnapshotResult | undefined; error: unknown; written: Region[]; steps: string[] }> {
     const steps: string[] = [];
-    const snapshot = snapshotDomain(guest.hypervisor, { domain: guest.name, output: join(guest.dir, 'out.qcow2'), mode: 'cold', onStep: (s) => steps.push(s), ...options });
+    const snapshot = snapshotDomain(guest.hypervisor, { domain: guest.name, output: join(guest.dir, 'out.qcow2'), mode: 'cold', stateDir: guest.stateDir, onStep: (s) => steps.push(s), ...options });
     try {
       return { result: await snapshot, error: undefined, written, steps };
     } catch (error) {
@@ -46,7 +46,7 @@ describe.skipIf(!vmTestsEnabled())('cold snapshots with libvirt', () => {
       const { result, error, steps } = await run({});
       expect(error).toBeUndefined();
       expect(result).toMatchObject({ mode: 'cold', method: undefined, state });
-      expect(steps).toEqual(['inspect', 'managedsave', 'convert', 'start']);
+      expect(steps).toEqual(['inspect', 'managedsave', 'convert', 'start', 'publish', 'finish']);
       expectOutputAtSnapshot(guest, output, { before: written });
       expectGuestIntact(guest, before, written, { outputKept: output });
     });
@@ -60,7 +60,7 @@ describe.skipIf(!vmTestsEnabled())('cold snapshots with libvirt', () => {
     const { result, error, steps } = await run({ mode });
     expect(error).toBeUndefined();
     expect(result).toMatchObject({ mode: 'cold', state: 'shutoff' });
-    expect(steps).toEqual(['inspect', 'convert']);
+    expect(steps).toEqual(['inspect', 'convert', 'publish', 'finish']);
     expectOutputAtSnapshot(guest, output, {});
     expectGuestIntact(guest, before, [], { outputKept: output });
   });

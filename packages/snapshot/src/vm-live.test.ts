@@ -30,7 +30,7 @@ describe.skipIf(!vmTestsEnabled())('live snapshots with libvirt', () => {
     const output = join(guest.dir, 'out.qcow2');
     const state = guest.state();
     const before = state === 'running' || state === 'paused' ? await guest.writeBefore() : [];
-    const snapshot = snapshotDomain(hypervisor, { domain: guest.name, output, mode: 'live', ...options });
+    const snapshot = snapshotDomain(hypervisor, { domain: guest.name, output, mode: 'live', stateDir: guest.stateDir, ...options });
     if (state !== 'running') {
       try {
         return { result: await snapshot, error: undefined, before, during: [], written: before };

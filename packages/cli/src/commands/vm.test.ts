@@ -24,9 +24,9 @@ function qcowkit(args: string[], env: NodeJS.ProcessEnv = process.env): Run {
 }
 
 /** The same, without blocking this process (the test writes to the guest meanwhile). */
-function qcowkitAsync(args: string[]): Promise<Run> {
+function qcowkitAsync(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -97,7 +97,7 @@ describe.skipIf(!vmTestsEnabled())('qcowkit vm with libvirt', () => {
     const before = baseline(guest);
     const output = join(guest.dir, 'out.qcow2');
     const early = await guest.writeBefore();
-    const { result, written } = await guest.writeWhile(qcowkitAsync(['vm', 'snapshot', '-p', '--quiesce', guest.name, output]));
+    const { result, written } = await guest.writeWhile(qcowkitAsync(['vm', 'snapshot', '-p', '--quiesce', guest.name, output], guest.env()));
     expect(result?.stderr).toMatch(/^qcowkit: .*: warning: not quiesced: .*agent is not connected\n$/);
     expect(result?.status).toBe(0);
     expect(result?.stdout).toContain('(100.00/100%)');
@@ -107,10 +107,10 @@ describe.skipIf(!vmTestsEnabled())('qcowkit vm with libvirt', () => {
 
   it('vm snapshot of an unknown domain or disk fails with one line', () => {
     guest.prepare('shutoff');
-    const noDomain = qcowkit(['vm', 'snapshot', `${guest.name}-missing`, join(guest.dir, 'x.qcow2')]);
+    const noDomain = qcowkit(['vm', 'snapshot', `${guest.name}-missing`, join(guest.dir, 'x.qcow2')], guest.env());
     expect(noDomain.status).toBe(1);
     expect(noDomain.stderr).toMatch(/^qcowkit: .*-missing: failed to get domain/);
-    const noDisk = qcowkit(['vm', 'snapshot', '--disk', 'sdz', guest.name, join(guest.dir, 'x.qcow2')]);
+    const noDisk = qcowkit(['vm', 'snapshot', '--disk', 'sdz', guest.name, join(guest.dir, 'x.qcow2')], guest.env());
     expect(noDisk.stderr).toBe(`qcowkit: ${guest.name}: domain ${guest.name} has no disk sdz (it has: vda, vdb)\n`);
   });
 });

@@ -91,13 +91,24 @@ export class TestGuest {
   readonly base: string;
   readonly top: string;
   readonly data: string;
+  /** $XDG_STATE_HOME of the qcowkit processes the tests run on this guest. */
+  readonly stateHome: string;
+  /** The intent logs of the runs on this guest (empty whenever the guest is back as it was). */
+  readonly stateDir: string;
   readonly hypervisor = new LibvirtHypervisor({ uri: URI });
 
   constructor(readonly name: string) {
     this.dir = join(tmpdir(), `qcowkit-vm-${name}`);
+    this.stateHome = join(tmpdir(), `qcowkit-vm-state-${name}`);
+    this.stateDir = join(this.stateHome, 'qcowkit', 'vm');
     this.base = join(this.dir, 'base.qcow2');
     this.top = join(this.dir, 'top.qcow2');
     this.data = join(this.dir, 'data.raw');
+  }
+
+  /** The environment of a qcowkit process working on this guest: its intent logs go to stateDir. */
+  env(): NodeJS.ProcessEnv {
+    return { ...process.env, XDG_STATE_HOME: this.stateHome };
   }
 
   domainXml(): string {
@@ -185,6 +196,7 @@ export class TestGuest {
     virshQuiet('destroy', `--domain=${this.name}`);
     virshQuiet('undefine', `--domain=${this.name}`, '--managed-save', '--snapshots-metadata', '--nvram');
     rmSync(this.dir, { recursive: true, force: true });
+    rmSync(this.stateHome, { recursive: true, force: true });
   }
 
   /** The QOM path of the disk's virtio-blk device, which HMP qemu-io writes through (-d). */

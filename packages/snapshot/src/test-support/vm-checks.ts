@@ -1,5 +1,5 @@
 /** The checks every VM test makes: the output, the guest afterwards, and that nothing was left behind. */
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { checkImage, expectedContent, imageInfo, qemuImg, verifyRegions, visibleRegions, type Region } from './images.js';
@@ -95,6 +95,8 @@ export function expectGuestIntact(guest: TestGuest, before: GuestBaseline, writt
   expect(guest.state()).toBe(before.state);
   const files = guest.files().filter((f) => options.outputKept === undefined || join(guest.dir, f) !== options.outputKept);
   expect(files).toEqual(before.files);
+  // The run's intent log is gone: the guest is back as it was.
+  expect(existsSync(guest.stateDir) ? readdirSync(guest.stateDir) : []).toEqual([]);
   expect(domainNames(guest)).toEqual(before.domains);
   expect(virsh('dumpxml', '--inactive', '--security-info', `--domain=${guest.name}`)).toBe(before.inactiveXml);
   expect(virsh('dominfo', `--domain=${guest.name}`)).toMatch(/Managed save:\s+no/);
