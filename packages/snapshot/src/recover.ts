@@ -19,7 +19,7 @@
  * nothing says qcowkit made it.
  */
 import { rm, stat } from 'node:fs/promises';
-import { commitImage, type ReferenceGate } from '@qcowkit/qcow2';
+import { commitImage, type ReferenceGate } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles } from '@qcowkit/qcow2/node';
 import { SnapshotError, isHypervisorError, messageOf } from './errors.js';
 import type { DiskDefinition, DomainInfo, Hypervisor } from './hypervisor.js';

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { recoverDomain } from '@qcowkit/snapshot';
-import { connection, reporting } from './vm.js';
+import { connection, reporting } from './vm-connection.js';
 
 /**
  * qcowkit vm recover: brings a guest back after a `vm snapshot` that was killed — from the run's intent log

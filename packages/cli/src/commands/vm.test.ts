@@ -44,14 +44,16 @@ describe('qcowkit vm: arguments', () => {
     [['vm', 'snapshot', '-O', 'vmdk', 'd', '/tmp/x'], "-O must be one of qcow2, raw (got 'vmdk')"],
     [['vm', 'snapshot', '-O', 'raw', '-c', 'd', '/tmp/x'], 'Compression not supported for this file format'],
     [['vm', 'disks', '--output', 'xml', 'd'], '--output must be used with human or json as argument.'],
+    [['vm', 'snapshot', '--all-disks', '--disk', 'vda', 'd', '/tmp/x'], '--all-disks and --disk exclude each other'],
+    [['vm', 'snapshot', '--all-disks', '--method', 'mirror', 'd', '/tmp/x'], '--all-disks takes every disk at one instant with the overlay method; --method mirror copies one disk'],
   ])('%j fails with one line', (args, message) => {
     const r = qcowkit(args);
     expect(r.status).toBe(1);
     expect(r.stderr).toBe(`qcowkit: ${message}\n`);
   });
 
-  it('reports a connection that fails as one line naming the domain', () => {
-    const r = qcowkit(['vm', 'disks', '--connect', 'qemu+unix:///system?socket=/nonexistent/libvirt-sock', 'guest1']);
+  it.each([['disks'], ['recover']])('vm %s: a connection that fails is one line naming the domain', (command) => {
+    const r = qcowkit(['vm', command, '--connect', 'qemu+unix:///system?socket=/nonexistent/libvirt-sock', 'guest1']);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^qcowkit: guest1: .*(connect|virsh)/);
     expect(r.stderr.trim().split('\n').length).toBe(1);

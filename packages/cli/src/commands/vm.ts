@@ -1,8 +1,5 @@
 import type { Command } from 'commander';
 import {
-  HypervisorError,
-  LibvirtHypervisor,
-  SnapshotError,
   describeDisks,
   snapshotAllDisks,
   snapshotDomain,
@@ -16,6 +13,7 @@ import { qemuJson } from '../output/json.js';
 import { parseOutputFormat } from '../output/output-format.js';
 import { progressPrinter } from '../output/progress.js';
 import { registerVmRecover } from './vm-recover.js';
+import { connection, reporting, type ConnectFlags } from './vm-connection.js';
 
 /**
  * qcowkit vm: disks of libvirt guests. `vm snapshot` writes one disk of a guest (or, with --all-disks, every disk
@@ -24,10 +22,6 @@ import { registerVmRecover } from './vm-recover.js';
  * and their chains. Everything goes through `virsh -c URI`; the images are read by the engine with the formats
  * libvirt states.
  */
-
-interface ConnectFlags {
-  connect?: string;
-}
 
 interface SnapshotFlags extends ConnectFlags {
   mode: string;
@@ -47,28 +41,9 @@ interface DisksFlags extends ConnectFlags {
   inactive?: boolean;
 }
 
-/** virsh's own default: $LIBVIRT_DEFAULT_URI, else the system QEMU driver. */
-export function connection(flags: ConnectFlags): LibvirtHypervisor {
-  return new LibvirtHypervisor({ uri: flags.connect ?? process.env.LIBVIRT_DEFAULT_URI ?? 'qemu:///system' });
-}
-
 function oneOf<T extends string>(value: string, allowed: readonly T[], flag: string): T {
   if ((allowed as readonly string[]).includes(value)) return value as T;
   throw new CommandError(`${flag} must be one of ${allowed.join(', ')} (got '${value}')`);
-}
-
-/** The snapshot package's typed errors become one `qcowkit: DOMAIN: message` line. */
-export async function reporting<T>(domain: string, body: () => Promise<T>): Promise<T> {
-  try {
-    return await body();
-  } catch (error) {
-    if (error instanceof SnapshotError || error instanceof HypervisorError) {
-      const wrapped = new CommandError(error.message, 1, domain);
-      if (process.env.QCOWKIT_DEBUG === '1') wrapped.stack = error.stack;
-      throw wrapped;
-    }
-    throw error;
-  }
 }
 
 function formatDisksHuman(disks: readonly DiskChainReport[]): string {
