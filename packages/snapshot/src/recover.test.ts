@@ -106,6 +106,22 @@ async function callsOf(c: FlowCase): Promise<Array<{ call: FakeCall; skip: numbe
   return out;
 }
 
+/**
+ * A running guest whose overlay snapshot run was killed just before its block commit: the guest on the
+ * temporary overlay, having written DURING there since. The run's log names a dead process (`dead`), this live
+ * one (`alive`), or is gone (`none`).
+ */
+async function killedOnOverlay(owner: 'dead' | 'alive' | 'none'): Promise<Setup> {
+  const s = setup('running');
+  s.fake.hangOn('blockCommitActive');
+  void snapshot(s).catch(() => {});
+  await until(() => s.fake.hung);
+  s.fake.guestWrite('guest', 'vda', DURING.pattern, DURING.offset, DURING.length);
+  if (owner === 'dead') killOwner(s);
+  if (owner === 'none') rmSync(s.stateDir, { recursive: true });
+  return s;
+}
+
 describe.skipIf(!haveQemu)('recovery from a killed run (fake hypervisor)', () => {
   describe.each(FLOWS.map((c) => [`${c.state} guest, ${c.name}`, c] as const))('%s', (_title, c) => {
     it('killed at each call, before and after it acts: recovery puts everything back, no guest write lost', async () => {
@@ -153,13 +169,8 @@ describe.skipIf(!haveQemu)('recovery from a killed run (fake hypervisor)', () =>
   });
 
   it('a run killed after its snapshot: the next vm snapshot recovers first, then succeeds', async () => {
-    const s = setup('running');
-    s.fake.hangOn('blockCommitActive');
-    void snapshot(s).catch(() => {});
-    await until(() => s.fake.hung);
+    const s = await killedOnOverlay('dead');
     const overlay = s.fake.domain('guest').disks[0]!.chain[0]!.path!;
-    s.fake.guestWrite('guest', 'vda', DURING.pattern, DURING.offset, DURING.length);
-    killOwner(s);
     const steps: string[] = [];
     const result = await snapshot(s, { onStep: (step) => steps.push(step) });
     expect(steps.slice(0, 2)).toEqual(['inspect', 'recover']);
@@ -170,12 +181,7 @@ describe.skipIf(!haveQemu)('recovery from a killed run (fake hypervisor)', () =>
   });
 
   it('with leftovers only libvirt shows (no intent log), vm snapshot refuses and names vm recover; vm recover cleans up', async () => {
-    const s = setup('running');
-    s.fake.hangOn('blockCommitActive');
-    void snapshot(s).catch(() => {});
-    await until(() => s.fake.hung);
-    rmSync(s.stateDir, { recursive: true });
-    s.fake.guestWrite('guest', 'vda', DURING.pattern, DURING.offset, DURING.length);
+    const s = await killedOnOverlay('none');
     await expect(snapshot(s)).rejects.toMatchObject({ code: 'LEFTOVERS', message: expect.stringContaining('qcowkit vm recover guest') });
     const report = await recoverDomain(s.fake, 'guest', { stateDir: s.stateDir, inFlightTimeoutMs: 0 });
     expect(report.intent).toBeUndefined();
@@ -210,41 +216,28 @@ describe.skipIf(!haveQemu)('recovery from a killed run (fake hypervisor)', () =>
   });
 
   it("refuses a live run's log (IN_PROGRESS), and vm snapshot refuses to start beside it", async () => {
-    const s = setup('running');
-    s.fake.hangOn('blockCommitActive');
-    void snapshot(s).catch(() => {});
-    await until(() => s.fake.hung);
     // The log names this very process, which is alive.
+    const s = await killedOnOverlay('alive');
     await expect(recoverDomain(s.fake, 'guest', { stateDir: s.stateDir, inFlightTimeoutMs: 0 })).rejects.toMatchObject({ code: 'IN_PROGRESS' });
     await expect(snapshot(s)).rejects.toMatchObject({ code: 'IN_PROGRESS' });
     expect(s.fake.domain('guest').disks[0]!.chain.length).toBe(3);
   });
 
   it('a commit that fails during recovery: RECOVERY_INCOMPLETE, the log kept; the next recovery finishes', async () => {
-    const s = setup('running');
-    s.fake.hangOn('blockCommitActive');
-    void snapshot(s).catch(() => {});
-    await until(() => s.fake.hung);
-    s.fake.guestWrite('guest', 'vda', DURING.pattern, DURING.offset, DURING.length);
-    killOwner(s);
+    const s = await killedOnOverlay('dead');
     s.fake.failOn('blockCommitActive', { times: 10 });
     const error = await recoverDomain(s.fake, 'guest', { stateDir: s.stateDir, inFlightTimeoutMs: 0 }).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'RECOVERY_INCOMPLETE', message: expect.stringContaining('injected failure of blockCommitActive') });
     expect(readdirSync(s.stateDir).filter((f) => f.endsWith('.json')).length).toBe(1);
     expect(s.fake.domain('guest').disks[0]!.chain.length).toBe(3);
-    s.fake.failOn('blockCommitActive', { times: 0, skip: 0 });
+    s.fake.clearFailure('blockCommitActive');
     const report = await recoverDomain(s.fake, 'guest', { stateDir: s.stateDir, inFlightTimeoutMs: 0 });
     expect(report.intent?.step).toBe('blockcommit');
     expectRestored(s, [DURING]);
   });
 
   it('a guest shut down while on the overlay: the overlay is committed offline and the definition put back', async () => {
-    const s = setup('running');
-    s.fake.hangOn('blockCommitActive');
-    void snapshot(s).catch(() => {});
-    await until(() => s.fake.hung);
-    s.fake.guestWrite('guest', 'vda', DURING.pattern, DURING.offset, DURING.length);
-    killOwner(s);
+    const s = await killedOnOverlay('dead');
     s.fake.domain('guest').state = 'shutoff';
     const report = await recoverDomain(s.fake, 'guest', { stateDir: s.stateDir, inFlightTimeoutMs: 0 });
     expect(report.actions[0]).toMatch(/^merged the temporary overlay .* \(the guest is shut off\)/);

@@ -40,7 +40,8 @@ export async function currentOwner(): Promise<IntentOwner> {
   };
 }
 
-function pidExists(pid: number): boolean {
+/** Whether a process with this pid exists (EPERM: it does, someone else's). */
+export function pidExists(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -98,6 +98,11 @@ export class FakeHypervisor implements Hypervisor {
   /** Whether a call is hanging now (the simulated kill happened). */
   hung = false;
 
+  /** Calls of `call` succeed again. */
+  clearFailure(call: FakeCall): void {
+    this.failures.delete(call);
+  }
+
   domain(name: string): FakeDomain {
     const d = this.domains.get(name);
     if (d === undefined) throw new HypervisorError('NO_DOMAIN', `Domain not found: no domain with matching name '${name}'`);

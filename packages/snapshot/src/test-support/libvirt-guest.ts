@@ -13,21 +13,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isCI } from '../../../../fixtures/corpus.js';
 import { afterAll, beforeAll, beforeEach } from 'vitest';
+import { pidExists } from '../intent/owner.js';
 import { escapeXml } from '../xml/xml-reader.js';
 import { LibvirtHypervisor } from '../libvirt/libvirt-hypervisor.js';
 import { makeChain, MiB, type Region } from './images.js';
 
 /** The libvirt connection of the VM tests (QCOWKIT_TEST_LIBVIRT_URI overrides it). */
 export const URI = process.env.QCOWKIT_TEST_LIBVIRT_URI ?? 'qemu:///system';
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export interface LibvirtStatus {
   available: boolean;
@@ -186,7 +178,7 @@ export class TestGuest {
     const names = spawnSync('virsh', ['-c', URI, 'list', '--all', '--name'], { encoding: 'utf8' }).stdout ?? '';
     for (const name of names.split('\n').map((n) => n.trim())) {
       const match = /^qcowkit-test-[a-z]+-(\d+)$/.exec(name);
-      if (match === null || processAlive(Number(match[1]))) continue;
+      if (match === null || pidExists(Number(match[1]))) continue;
       new TestGuest(name).destroy();
     }
   }

@@ -13,6 +13,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pidExists } from '../intent/owner.js';
 import { escapeXml } from '../xml/xml-reader.js';
 import { qemuImg } from './images.js';
 import { libvirtStatus, URI, virsh } from './libvirt-guest.js';
@@ -46,15 +47,6 @@ export function guestImage(): GuestImage {
     data: join(dir, 'data.raw'),
     buildSeconds: built ? Math.max(info.totalSeconds, Math.round((Date.now() - started) / 1000)) : 0,
   };
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function virshQuiet(...args: string[]): { status: number | null; stdout: string } {
@@ -143,7 +135,7 @@ export class LinuxGuest {
   static removeStale(): void {
     for (const name of virshQuiet('list', '--all', '--name').stdout.split('\n').map((n) => n.trim())) {
       const match = /^qcowkit-vm-linux-(\d+)$/.exec(name);
-      if (match !== null && !processAlive(Number(match[1]))) new LinuxGuest(name, { dir: '', kernel: '', initrd: '', root: '', data: '', buildSeconds: 0 }).destroy();
+      if (match !== null && !pidExists(Number(match[1]))) new LinuxGuest(name, { dir: '', kernel: '', initrd: '', root: '', data: '', buildSeconds: 0 }).destroy();
     }
   }
 
