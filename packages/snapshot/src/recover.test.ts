@@ -165,7 +165,7 @@ describe.skipIf(!haveQemu)('recovery from a killed run (fake hypervisor)', () =>
         const again = await recoverDomain(s.fake, 'guest', { stateDir: s.stateDir, inFlightTimeoutMs: 0 });
         expect(again.nothingToDo, `${where}: a second recovery has nothing to do`).toBe(true);
       }
-    });
+    }, 300_000);
   });
 
   it('a run killed after its snapshot: the next vm snapshot recovers first, then succeeds', async () => {
