@@ -33,6 +33,7 @@ const rows = await runCampaign(scenarios, {
     const mark = result.outcome === 'clean' || result.outcome === 'leaked' || result.outcome === 'not-made' ? '' : `  <-- ${result.detail}`;
     if (mark !== '' || done % 50 === 0) console.log(`[${done}] ${scenario.name} ${result.how}: ${result.outcome}${mark}`);
   },
+  onRow: (row) => console.log(`row: ${formatCampaign([row]).split('\n')[2]}`),
 });
 console.log(`\n${formatCampaign(rows)}\n`);
 console.log(`seed ${seed}, ${((Date.now() - started) / 60000).toFixed(1)} minutes`);

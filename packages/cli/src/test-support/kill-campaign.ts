@@ -15,6 +15,8 @@ export interface CampaignOptions {
   seed?: number;
   /** Called after each run (progress). */
   onResult?: (scenario: KillScenario, result: KillResult) => void;
+  /** Called when a scenario is done (a long campaign cut short keeps the rows it finished). */
+  onRow?: (row: ScenarioRow) => void;
 }
 
 export interface ScenarioRow {
@@ -95,6 +97,7 @@ export async function runCampaign(scenarios: KillScenario[], options: CampaignOp
       }
       discardScenario(prepared);
       rows.push(row);
+      options.onRow?.(row);
     }
   } finally {
     rmSync(work, { recursive: true, force: true });
