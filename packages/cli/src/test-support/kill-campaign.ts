@@ -47,6 +47,7 @@ function xorshift(seed: number): () => number {
 
 /** Chosen write numbers (1-based): every one when they are few, else the ends and an even spread with jitter. */
 function chosenWrites(writes: number, count: number, random: () => number): number[] {
+  if (count === 1) return [1 + Math.floor(random() * writes)];
   if (writes <= count) return Array.from({ length: count }, (_, i) => (i % writes) + 1);
   const out = [1, writes];
   for (let i = 2; i < count; i++) {
