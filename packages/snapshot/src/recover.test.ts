@@ -247,6 +247,29 @@ describe.skipIf(!haveQemu)('recovery from a killed run (fake hypervisor)', () =>
     qemuImg('check', '-q', s.before.chains[0]![0]!);
   });
 
+  it('a domain left transient by the mirror flow and shut down since (gone from libvirt): defined again from the log', async () => {
+    const s = setup('running');
+    s.fake.transientJobSupported = false;
+    s.fake.hangOn('blockCopy', { skip: 1 });
+    void snapshot(s, { method: 'mirror' }).catch(() => {});
+    await until(() => s.fake.hung);
+    killOwner(s);
+    expect(s.fake.domain('guest').persistent).toBe(false);
+    // A transient domain that stops is gone; the fake keeps its disks to be found again by name.
+    const gone = s.fake.domain('guest');
+    s.fake.domains.delete('guest');
+    const define = s.fake.define.bind(s.fake);
+    s.fake.define = async (xml) => {
+      if (!s.fake.domains.has('guest')) s.fake.domains.set('guest', { ...gone, state: 'shutoff', job: undefined });
+      return define(xml);
+    };
+    const report = await recoverDomain(s.fake, 'guest', { stateDir: s.stateDir, inFlightTimeoutMs: 0 });
+    expect(report.actions[0]).toMatch(/^defined domain guest again from its saved definition .*shut down since/);
+    expect(s.fake.observe('guest')).toEqual({ ...s.before, state: 'shutoff' });
+    expect(readdirSync(s.dir).sort()).toEqual(s.files);
+    expect(readdirSync(s.stateDir)).toEqual([]);
+  });
+
   it('an intent log that cannot be read is an error, never ignored', async () => {
     const s = setup('running');
     const uuid = (await s.fake.domainInfo('guest')).uuid;

@@ -18,7 +18,7 @@
  * qcowkit overlay or copy job, recognised by its file name); a managed save image is then left alone, since
  * nothing says qcowkit made it.
  */
-import { rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { commitImage, type ReferenceGate } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles } from '@qcowkit/qcow2/node';
 import { SnapshotError, isHypervisorError, messageOf } from './errors.js';
@@ -301,17 +301,48 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /**
+ * A domain the mirror flow undefined for its copy (transient while it runs) that was shut down before anyone
+ * defined it again is gone from libvirt; its intent log still has the saved definition. Defines it again (shut
+ * off), so the rest of the recovery can look at it; returns what it did.
+ */
+async function defineVanishedDomain(hypervisor: Hypervisor, domain: string, stateDir: string): Promise<string | undefined> {
+  try {
+    await hypervisor.domainInfo(domain);
+    return undefined;
+  } catch (error) {
+    if (!isHypervisorError(error, 'NO_DOMAIN')) throw error;
+  }
+  let names: string[];
+  try {
+    names = (await readdir(stateDir)).filter((f) => f.endsWith('.json'));
+  } catch {
+    return undefined;
+  }
+  for (const file of names) {
+    const record = await readIntent(stateDir, file.slice(0, -'.json'.length)).catch(() => undefined);
+    if (record === undefined || (record.domain !== domain && record.uuid !== domain)) continue;
+    if (!record.persistent || record.persistentXml === undefined || !record.definitionChanged) continue;
+    if ((await ownerStatus(record.owner)) !== 'dead') throw await busyError(record, intentLogPath(stateDir, record.uuid));
+    await hypervisor.define(record.persistentXml);
+    return `defined domain ${record.domain} again from its saved definition (the killed run had left it transient, and it was shut down since)`;
+  }
+  return undefined;
+}
+
+/**
  * Recovers `domain` from a killed snapshot run; see the file comment. Throws IN_PROGRESS when a live run holds
  * the domain's intent log, RECOVERY_INCOMPLETE (keeping the log) when something could not be brought back.
  */
 export async function recoverDomain(hypervisor: Hypervisor, domain: string, options: RecoverOptions = {}): Promise<RecoveryReport> {
   const stateDir = options.stateDir ?? defaultStateDir();
+  const redefined = await defineVanishedDomain(hypervisor, domain, stateDir);
   const info = await hypervisor.domainInfo(domain);
   const record = await readIntent(stateDir, info.uuid);
   if (record !== undefined && (await ownerStatus(record.owner)) !== 'dead') throw await busyError(record, intentLogPath(stateDir, info.uuid));
   const name = info.name;
   const stillRunning = await waitForCallsInFlight(name, options.inFlightTimeoutMs ?? 60_000);
   const recovery = new Recovery(hypervisor, name, record, options.onAction ?? (() => {}));
+  if (redefined !== undefined) recovery.report.actions.push(redefined);
   if (stillRunning.length > 0) recovery.report.notes.push(`virsh calls on ${name} still running after the wait (pids ${stillRunning.join(', ')})`);
   // Changes made by calls the killed run left in flight may land while we look: go round until a pass finds
   // nothing to do.
