@@ -300,10 +300,12 @@ describeGuest('vm snapshot and vm recover on a real Linux guest', () => {
         onOverlay: [],
       },
       {
+        // The overlay flow on every disk: its steps that differ from the single disk's (both disks on overlays,
+        // the second disk's commit, the manifest); the fake-hypervisor tests kill it at every call.
         name: 'all disks --require-quiesce',
         args: (o) => ['--all-disks', '--require-quiesce', NAME, o],
-        steps: ['dumpxml', 'snapshot', 'convert', 'convert#2', 'blockcommit', 'pivot', 'blockcommit#2', 'pivot#2', 'define', 'publish', 'remove-temporary', 'finish'],
-        onOverlay: ['convert', 'convert#2', 'blockcommit', 'pivot', 'blockcommit#2', 'pivot#2'],
+        steps: ['snapshot', 'convert#2', 'blockcommit#2', 'pivot#2', 'publish', 'remove-temporary'],
+        onOverlay: ['convert#2', 'blockcommit#2', 'pivot#2'],
       },
     ];
 
