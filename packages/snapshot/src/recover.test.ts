@@ -207,8 +207,9 @@ describe.skipIf(!haveQemu)('recovery from a killed run (fake hypervisor)', () =>
     expect(s.fake.domain('guest').job).toBeUndefined();
   });
 
-  it('nothing to do: says so, changes nothing', async () => {
+  it('nothing to do: says so, changes nothing (but a half-written log update of a dead process is removed)', async () => {
     const s = setup('running');
+    writeFileSync(join(s.stateDir, `.intent-${deadPid()}-0a1b2c3d.tmp`), '{"half":');
     const report = await recoverDomain(s.fake, 'guest', { stateDir: s.stateDir, inFlightTimeoutMs: 0 });
     expect(report).toMatchObject({ nothingToDo: true, actions: [], intent: undefined });
     expect(s.fake.calls.filter((c) => !['domainInfo', 'disks', 'dumpXml'].includes(c))).toEqual([]);

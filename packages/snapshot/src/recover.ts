@@ -25,7 +25,7 @@ import { SnapshotError, isHypervisorError, messageOf } from './errors.js';
 import type { DiskDefinition, DomainInfo, Hypervisor } from './hypervisor.js';
 import { samePath } from './flows/context.js';
 import { waitForCallsInFlight } from './intent/in-flight.js';
-import { busyError, defaultStateDir, intentLogPath, readIntent, removeIntent, type IntentRecord } from './intent/intent-log.js';
+import { busyError, defaultStateDir, intentLogPath, readIntent, removeIntent, removeStaleIntentTemporaries, type IntentRecord } from './intent/intent-log.js';
 import { ownerStatus } from './intent/owner.js';
 import { temporaryKind } from './intent/temporaries.js';
 
@@ -371,6 +371,7 @@ export async function recoverDomain(hypervisor: Hypervisor, domain: string, opti
     throw new SnapshotError('RECOVERY_INCOMPLETE', `domain ${name} is back, but removing the temporary files failed: ${messageOf(error)}`, { domain: name, cause: error });
   }
   if (record !== undefined) await removeIntent(intentLogPath(stateDir, info.uuid));
+  await removeStaleIntentTemporaries(stateDir);
   recovery.report.nothingToDo = record === undefined && recovery.report.actions.length === 0;
   return recovery.report;
 }

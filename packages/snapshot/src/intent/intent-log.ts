@@ -12,12 +12,12 @@
  * secrets (`dumpxml --security-info`).
  */
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { SnapshotError } from '../errors.js';
 import type { DomainState } from '../hypervisor.js';
-import { currentOwner, ownerStatus, type IntentOwner } from './owner.js';
+import { currentOwner, ownerStatus, pidExists, type IntentOwner } from './owner.js';
 
 export type FlowName = 'overlay' | 'mirror' | 'cold' | 'all-disks';
 
@@ -172,6 +172,20 @@ export class IntentLog {
   /** The guest is back as it was: nothing left to recover. */
   async remove(): Promise<void> {
     await removeIntent(this.path);
+  }
+}
+
+/** Removes the half-written log updates (.intent-PID-….tmp) of processes that died while writing them. */
+export async function removeStaleIntentTemporaries(stateDir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(stateDir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const match = /^\.intent-(\d+)-[0-9a-f]+\.tmp$/.exec(name);
+    if (match !== null && !pidExists(Number(match[1]))) await rm(join(stateDir, name), { force: true });
   }
 }
 
