@@ -1,13 +1,12 @@
 import { Qcow2Error } from '../errors.js';
-import { AutoclearFeature, CompatibleFeature, CompressionType, HeaderExtensionType, IncompatibleFeature } from '../format/constants.js';
-import { encodeStringExtension } from '../format/header-extensions.js';
+import { AutoclearFeature, CompatibleFeature, CompressionType, HeaderExtensionType, IncompatibleFeature, V3_HEADER_LENGTH } from '../format/constants.js';
+import { QEMU_FEATURE_NAMES, encodeFeatureNameTable, encodeStringExtension } from '../format/header-extensions.js';
 import { encodeHeader, setBit } from '../format/header.js';
 import { SNAPSHOT_EXTRA_DATA_BYTES, encodeSnapshotTable, type SnapshotEntry } from '../format/snapshot-table.js';
 import { viewOf } from '../format/struct.js';
 import { COMPRESSED_HI, entryHostOffset } from '../format/table-entries.js';
 import { bitmapClusters, loadBitmapState } from './bitmaps.js';
-import { featureNameTable } from './create-image.js';
-import { rewriteHeader, withExtension } from './header-rewrite.js';
+import { rewriteHeader, withExtension, writeHeaderFields } from './header-rewrite.js';
 import type { Qcow2Writer } from './image-writer.js';
 import { MetadataSwitch } from './metadata-switch.js';
 import type { Qcow2Image } from './qcow2-image.js';
@@ -207,13 +206,13 @@ async function upgrade(image: Qcow2Image, writer: Qcow2Writer): Promise<void> {
   }
   await rewriteHeader(image, (header) => {
     header.version = 3;
-    header.headerLength = 112;
+    header.headerLength = V3_HEADER_LENGTH;
     header.compressionType = CompressionType.Zlib;
     header.incompatibleFeatures = 0n;
     header.compatibleFeatures = 0n;
     header.autoclearFeatures = 0n;
     header.unknownHeaderBytes = new Uint8Array(0);
-    const withTable = withExtension(header.extensions, HeaderExtensionType.FeatureNameTable, featureNameTable());
+    const withTable = withExtension(header.extensions, HeaderExtensionType.FeatureNameTable, encodeFeatureNameTable(QEMU_FEATURE_NAMES));
     // Like qemu, the table only when it fits (and never with clusters of 4 KiB or less).
     const candidate = { ...header, extensions: withTable };
     if (image.clusterSize > 4096 && encodeHeader({ ...candidate }).length <= image.clusterSize) header.extensions = withTable;
@@ -231,12 +230,8 @@ async function setDataFileOptions(image: Qcow2Image, dataFile: string | undefine
 
 /** lazy_refcounts: the compatible feature bit, one 8-byte header write. */
 async function setLazyRefcounts(image: Qcow2Image, on: boolean): Promise<void> {
-  const word = setBit(image.header.compatibleFeatures, CompatibleFeature.LazyRefcounts, on);
-  const bytes = new Uint8Array(8);
-  viewOf(bytes).setBigUint64(0, word);
-  await image.storage.write(bytes, 80);
+  await writeHeaderFields(image.storage, image.header, { compatibleFeatures: setBit(image.header.compatibleFeatures, CompatibleFeature.LazyRefcounts, on) });
   await image.storage.flush();
-  image.header.compatibleFeatures = word;
 }
 
 /**

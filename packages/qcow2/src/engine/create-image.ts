@@ -7,8 +7,10 @@ import {
   IncompatibleFeature,
   MAX_L1_BYTES,
   MIN_EXTENDED_L2_CLUSTER_BITS,
+  V2_HEADER_LENGTH,
+  V3_HEADER_LENGTH,
 } from '../format/constants.js';
-import { encodeStringExtension, type HeaderExtension } from '../format/header-extensions.js';
+import { QEMU_FEATURE_NAMES, encodeFeatureNameTable, encodeStringExtension, type HeaderExtension } from '../format/header-extensions.js';
 import { encodeHeader, encodedHeaderSize, setBit, type Qcow2Header } from '../format/header.js';
 import { setRefcount } from '../format/refcount-block.js';
 import { viewOf, writeU64 } from '../format/struct.js';
@@ -34,29 +36,6 @@ export interface CreateQcow2Options {
   /** Name of the external data file, stored as given. The caller creates the file itself. */
   dataFile?: string;
   dataFileRaw?: boolean;
-}
-
-/** The feature name table qemu writes into every v3 image, so tools can name bits they do not know. */
-const FEATURE_NAMES: Array<[number, number, string]> = [
-  [0, IncompatibleFeature.Dirty, 'dirty bit'],
-  [0, IncompatibleFeature.Corrupt, 'corrupt bit'],
-  [0, IncompatibleFeature.ExternalDataFile, 'external data file'],
-  [0, IncompatibleFeature.CompressionType, 'compression type'],
-  [0, IncompatibleFeature.ExtendedL2, 'extended L2 entries'],
-  [1, CompatibleFeature.LazyRefcounts, 'lazy refcounts'],
-  [2, AutoclearFeature.Bitmaps, 'bitmaps'],
-  [2, AutoclearFeature.DataFileRaw, 'raw external data'],
-];
-
-export function featureNameTable(): HeaderExtension {
-  const data = new Uint8Array(FEATURE_NAMES.length * 48);
-  const encoder = new TextEncoder();
-  FEATURE_NAMES.forEach(([type, bit, name], i) => {
-    data[i * 48] = type;
-    data[i * 48 + 1] = bit;
-    data.set(encoder.encode(name), i * 48 + 2);
-  });
-  return { type: HeaderExtensionType.FeatureNameTable, data };
 }
 
 function fail(message: string): never {
@@ -109,7 +88,7 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
     extensions.push(encodeStringExtension(HeaderExtensionType.BackingFormat, options.backingFormat));
   }
   if (options.dataFile !== undefined) extensions.push(encodeStringExtension(HeaderExtensionType.ExternalDataFile, options.dataFile));
-  if (version === 3) extensions.push(featureNameTable());
+  if (version === 3) extensions.push(encodeFeatureNameTable(QEMU_FEATURE_NAMES));
 
   let incompatible = 0n;
   if (options.extendedL2) incompatible = setBit(incompatible, IncompatibleFeature.ExtendedL2, true);
@@ -132,7 +111,7 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
     compatibleFeatures: options.lazyRefcounts ? setBit(0n, CompatibleFeature.LazyRefcounts, true) : 0n,
     autoclearFeatures: options.dataFileRaw ? setBit(0n, AutoclearFeature.DataFileRaw, true) : 0n,
     refcountOrder,
-    headerLength: version === 3 ? 112 : 72,
+    headerLength: version === 3 ? V3_HEADER_LENGTH : V2_HEADER_LENGTH,
     compressionType: options.compressionType === 'zstd' ? CompressionType.Zstd : CompressionType.Zlib,
     unknownHeaderBytes: new Uint8Array(0),
     extensions,

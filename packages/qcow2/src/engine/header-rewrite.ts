@@ -1,8 +1,51 @@
 import { Qcow2Error } from '../errors.js';
-import { V2_HEADER_LENGTH } from '../format/constants.js';
+import { AutoclearFeature, V2_HEADER_LENGTH } from '../format/constants.js';
 import type { HeaderExtension } from '../format/header-extensions.js';
-import { decodeHeader, encodeHeader, type Qcow2Header } from '../format/header.js';
+import {
+  decodeHeader,
+  encodeHeader,
+  encodeHeaderFields,
+  hasBit,
+  headerFieldSpan,
+  setBit,
+  type HeaderField,
+  type Qcow2Header,
+} from '../format/header.js';
+import type { Storage } from '../io/storage.js';
 import type { Qcow2Image } from './qcow2-image.js';
+
+/**
+ * Changing the header on disk, the two ways the engine does it: a few fixed fields in place (writeHeaderFields),
+ * or the whole of cluster 0 (rewriteHeader). Either is one write, so a kill leaves the old header or the new one.
+ */
+
+/** Fixed header fields a writer may change in place (all but the magic). */
+export type HeaderFieldChanges = Partial<Pick<Qcow2Header, Exclude<HeaderField, 'magic'>>>;
+
+/**
+ * Writes `changes` to the header in place: ONE write of the run of fields that covers every changed one (the
+ * fields between keep their values from `header`), then `header` takes the changes. The run lies in the first
+ * 112 bytes, inside the first page, so a kill leaves all of it or none. Flushing is the caller's: its ordering
+ * rule says what must be durable before and after.
+ */
+export async function writeHeaderFields(storage: Storage, header: Qcow2Header, changes: HeaderFieldChanges): Promise<void> {
+  const { first, last } = headerFieldSpan(Object.keys(changes) as HeaderField[]);
+  const { offset, bytes } = encodeHeaderFields({ ...header, ...changes }, first, last);
+  await storage.write(bytes, offset);
+  Object.assign(header, changes);
+}
+
+/**
+ * Voids the image's persistent bitmaps for a writer that cannot keep them true: the bitmaps autoclear bit is
+ * cleared (and flushed) before the first change, so qemu treats every bitmap as inconsistent. Nothing to do
+ * without the bit.
+ */
+export async function voidPersistentBitmaps(image: Qcow2Image): Promise<void> {
+  const header = image.header;
+  if (header.version !== 3 || !hasBit(header.autoclearFeatures, AutoclearFeature.Bitmaps)) return;
+  await writeHeaderFields(image.storage, header, { autoclearFeatures: setBit(header.autoclearFeatures, AutoclearFeature.Bitmaps, false) });
+  await image.storage.flush();
+}
 
 const SECTOR = 512;
 /** The page cache takes a write inside one page whole: a process killed during it leaves all of it or none. */

@@ -1,10 +1,9 @@
 import { Qcow2Error } from '../errors.js';
-import { AutoclearFeature } from '../format/constants.js';
-import { hasBit, setBit } from '../format/header.js';
 import { COMPRESSED_HI, COPIED_HI, ZERO_LO, decodeCompressedDescriptor, encodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
-import { viewOf, writeU64 } from '../format/struct.js';
+import { viewOf } from '../format/struct.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import { BitmapTracker } from './bitmap-tracker.js';
+import { voidPersistentBitmaps, writeHeaderFields } from './header-rewrite.js';
 import { Refcounts } from './refcounts.js';
 import { SegmentKind } from './segments.js';
 import { writeSubclusters, type SubclusterContext } from './subcluster-write.js';
@@ -12,10 +11,6 @@ import type { BelowReader } from './write-context.js';
 import { isZero } from '../io/zero-detect.js';
 
 export type { BelowReader } from './write-context.js';
-
-/** Header byte offsets the writer updates in place. */
-const HEADER_REFCOUNT_TABLE = 48;
-const HEADER_AUTOCLEAR = 88;
 
 const FULL_SUBCLUSTER_BITMAP = 0xffffffff;
 
@@ -50,15 +45,9 @@ export class Qcow2Writer {
       );
     }
     const header = image.header;
-    const refcounts = await Refcounts.load(image.storage, image.layout, header.refcountTableOffset, header.refcountTableClusters, async (offset, clusters) => {
-      const bytes = new Uint8Array(12);
-      const view = viewOf(bytes);
-      writeU64(view, 0, offset);
-      view.setUint32(8, clusters);
-      await image.storage.write(bytes, HEADER_REFCOUNT_TABLE);
-      header.refcountTableOffset = offset;
-      header.refcountTableClusters = clusters;
-    });
+    const refcounts = await Refcounts.load(image.storage, image.layout, header.refcountTableOffset, header.refcountTableClusters, (offset, clusters) =>
+      writeHeaderFields(image.storage, header, { refcountTableOffset: offset, refcountTableClusters: clusters }),
+    );
     return new Qcow2Writer(image, refcounts);
   }
 
@@ -79,14 +68,7 @@ export class Qcow2Writer {
       await this.bitmaps.beforeFirstChange();
       return;
     }
-    const header = this.image.header;
-    if (header.version === 3 && hasBit(header.autoclearFeatures, AutoclearFeature.Bitmaps)) {
-      header.autoclearFeatures = setBit(header.autoclearFeatures, AutoclearFeature.Bitmaps, false);
-      const bytes = new Uint8Array(8);
-      viewOf(bytes).setBigUint64(0, header.autoclearFeatures);
-      await this.image.storage.write(bytes, HEADER_AUTOCLEAR);
-      await this.image.storage.flush();
-    }
+    await voidPersistentBitmaps(this.image);
   }
 
   /** Writes guest bytes at `offset`. Partial clusters that need a new cluster are completed from `below`. */
@@ -544,10 +526,7 @@ export class Qcow2Writer {
       await this.bitmaps.resize(newSize);
       return;
     }
-    const bytes = new Uint8Array(8);
-    writeU64(viewOf(bytes), 0, newSize);
-    await this.image.storage.write(bytes, 24);
-    header.size = newSize;
+    await writeHeaderFields(this.image.storage, header, { size: newSize });
   }
 
   /**
@@ -557,10 +536,7 @@ export class Qcow2Writer {
   async resizeForSnapshot(diskSize: number, l1Entries: number): Promise<void> {
     if (l1Entries > this.image.header.l1Size) await this.growL1(l1Entries);
     await this.writeBackMetadata();
-    const bytes = new Uint8Array(8);
-    writeU64(viewOf(bytes), 0, diskSize);
-    await this.image.storage.write(bytes, 24);
-    this.image.header.size = diskSize;
+    await writeHeaderFields(this.image.storage, this.image.header, { size: diskSize });
   }
 
   private async growL1(entries: number): Promise<void> {
@@ -573,15 +549,9 @@ export class Qcow2Writer {
     table.set(this.image.activeL1.bytes);
     await this.refcounts.flush();
     await this.image.storage.write(table, newOffset);
-    const fields = new Uint8Array(12);
-    const view = viewOf(fields);
-    view.setUint32(0, entries);
-    writeU64(view, 4, newOffset);
-    await this.image.storage.write(fields, 36);
     const oldOffset = header.l1TableOffset;
     const oldClusters = Math.ceil((header.l1Size * 8) / clusterSize);
-    header.l1Size = entries;
-    header.l1TableOffset = newOffset;
+    await writeHeaderFields(this.image.storage, header, { l1Size: entries, l1TableOffset: newOffset });
     this.image.replaceActiveL1(table.subarray(0, entries * 8));
     if (oldClusters > 0) this.pendingFrees.push({ cluster: oldOffset / clusterSize, count: oldClusters });
     this.updateFileSize(newOffset + table.length);

@@ -1,11 +1,9 @@
-import { AutoclearFeature } from '../format/constants.js';
-import { hasBit, setBit } from '../format/header.js';
 import { COMPRESSED_HI, decodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
 import { viewOf } from '../format/struct.js';
+import { voidPersistentBitmaps } from './header-rewrite.js';
 import { Qcow2Writer } from './image-writer.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
-const HEADER_AUTOCLEAR = 88;
 const SECTOR = 512;
 
 /** What makeEmpty did to an image (the clusters it dropped). */
@@ -42,13 +40,7 @@ export async function makeEmpty(image: Qcow2Image, options: { durable?: boolean 
   const header = image.header;
   const fileSizeBefore = image.fileSize;
 
-  if (header.version === 3 && hasBit(header.autoclearFeatures, AutoclearFeature.Bitmaps)) {
-    header.autoclearFeatures = setBit(header.autoclearFeatures, AutoclearFeature.Bitmaps, false);
-    const bytes = new Uint8Array(8);
-    viewOf(bytes).setBigUint64(0, header.autoclearFeatures);
-    await image.storage.write(bytes, HEADER_AUTOCLEAR);
-    await image.storage.flush();
-  }
+  await voidPersistentBitmaps(image);
 
   const l1 = image.activeL1;
   const tables: number[] = [];

@@ -1,9 +1,10 @@
 import { Qcow2Error } from '../errors.js';
 import { MAX_REFCOUNT_TABLE_BYTES } from '../format/constants.js';
-import { adjustRefcounts, getRefcount, maxRefcount, refcountEntriesPerBlock, refcountWords, scanFree, type RefcountWords } from '../format/refcount-block.js';
+import { adjustRefcounts, getRefcount, maxRefcount, refcountEntriesPerBlock, refcountWords, scanFree } from '../format/refcount-block.js';
 import type { SnapshotEntry } from '../format/snapshot-table.js';
-import { readU64, viewOf, writeU64 } from '../format/struct.js';
+import { viewOf, writeU64 } from '../format/struct.js';
 import { WRITE_CHUNK } from '../io/write-size.js';
+import { writeHeaderFields } from './header-rewrite.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import type { Refcounts } from './refcounts.js';
 
@@ -18,8 +19,8 @@ import type { Refcounts } from './refcounts.js';
  * So nothing in use is written. Every changed refcount block gets a copy at a new place, the refcount table a
  * new copy pointing at them, the active L2 tables whose entries change new copies, the active L1 a new copy,
  * the snapshot table a new copy — all in clusters that are free both in the refcounts on disk and in the new
- * ones. Then ONE write of header bytes 24..71 (size, l1_size, l1_table_offset, refcount_table_offset,
- * refcount_table_clusters, nb_snapshots, snapshots_offset) switches from the old image to the new one:
+ * ones. Then ONE write of the header's fields from size to snapshots_offset (size, l1_size, l1_table_offset,
+ * refcount_table_offset, refcount_table_clusters, nb_snapshots, snapshots_offset: bytes 24..71) switches from the old image to the new one:
  *
  * - killed before that write, the file is the old image exactly: the new clusters are referenced by nothing and
  *   counted nowhere (not even a leak);
@@ -31,9 +32,6 @@ import type { Refcounts } from './refcounts.js';
  * clusters, now free, are reused).
  */
 
-/** Header bytes 24..71: size u64, crypt_method u32, l1_size u32, l1_table_offset u64, refcount_table_offset u64, refcount_table_clusters u32, nb_snapshots u32, snapshots_offset u64. */
-const SWITCH_FIELDS_AT = 24;
-const SWITCH_FIELDS_BYTES = 48;
 /** Largest write of new clusters at once. */
 const MAX_WRITE = WRITE_CHUNK;
 
@@ -299,29 +297,20 @@ export class MetadataSwitch {
     await this.write(tableBytes, tableStart * clusterSize);
     this.committed = true;
 
-    const fields = new Uint8Array(SWITCH_FIELDS_BYTES);
-    const view = viewOf(fields);
     const snapshots = target.snapshots ?? { entries: [...this.image.snapshots], offset: header.snapshotsOffset, tableBytes: this.image.snapshotTableBytes };
-    writeU64(view, 0, target.size);
-    view.setUint32(8, header.cryptMethod);
-    view.setUint32(12, target.l1.length / 8);
-    writeU64(view, 16, target.l1TableOffset);
-    writeU64(view, 24, tableStart * clusterSize);
-    view.setUint32(32, tableClusters);
-    view.setUint32(36, snapshots.entries.length);
-    writeU64(view, 40, snapshots.offset);
     // Everything new is durable before the header names it, and the header before old clusters are reused.
     await this.image.storage.flush();
-    await this.image.storage.write(fields, SWITCH_FIELDS_AT);
+    await writeHeaderFields(this.image.storage, header, {
+      size: target.size,
+      l1Size: target.l1.length / 8,
+      l1TableOffset: target.l1TableOffset,
+      refcountTableOffset: tableStart * clusterSize,
+      refcountTableClusters: tableClusters,
+      nbSnapshots: snapshots.entries.length,
+      snapshotsOffset: snapshots.offset,
+    });
     await this.image.storage.flush();
 
-    header.size = target.size;
-    header.l1Size = target.l1.length / 8;
-    header.l1TableOffset = target.l1TableOffset;
-    header.refcountTableOffset = readU64(view, 24, 'refcount table offset');
-    header.refcountTableClusters = tableClusters;
-    header.nbSnapshots = snapshots.entries.length;
-    header.snapshotsOffset = snapshots.offset;
     this.image.replaceActiveL1(target.l1);
     this.image.replaceSnapshots(snapshots.entries, snapshots.tableBytes);
     this.image.l2Cache.clear();

@@ -2,6 +2,7 @@ import { Qcow2Error } from '../errors.js';
 import { MAX_REFCOUNT_TABLE_BYTES } from '../format/constants.js';
 import { getRefcount, maxRefcount, refcountEntriesPerBlock, setRefcount } from '../format/refcount-block.js';
 import { readU64, viewOf, writeU64 } from '../format/struct.js';
+import { writeHeaderFields } from './header-rewrite.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
 /**
@@ -166,24 +167,10 @@ export async function changeRefcountOrder(image: Qcow2Image, plan: RefcountOrder
   await image.storage.write(table, tableOffset);
   await image.storage.flush();
 
-  // The switch: bytes 48..99 in one write (refcount_table_offset u64, refcount_table_clusters u32, then
-  // nb_snapshots, snapshots_offset and the three feature words as they are, then refcount_order u32).
-  const header = image.header;
-  const fields = new Uint8Array(52);
-  const view = viewOf(fields);
-  writeU64(view, 0, tableOffset);
-  view.setUint32(8, tableClusters);
-  view.setUint32(12, header.nbSnapshots);
-  writeU64(view, 16, header.snapshotsOffset);
-  view.setBigUint64(24, header.incompatibleFeatures);
-  view.setBigUint64(32, header.compatibleFeatures);
-  view.setBigUint64(40, header.autoclearFeatures);
-  view.setUint32(48, Math.log2(newBits));
-  await image.storage.write(fields, 48);
+  // The switch: refcount_table_offset through refcount_order in one write (the snapshot fields and feature
+  // words between them as they are).
+  await writeHeaderFields(image.storage, image.header, { refcountTableOffset: tableOffset, refcountTableClusters: tableClusters, refcountOrder: Math.log2(newBits) });
   await image.storage.flush();
-  header.refcountTableOffset = tableOffset;
-  header.refcountTableClusters = tableClusters;
-  header.refcountOrder = Math.log2(newBits);
   image.fileSize = Math.max(image.fileSize, total * clusterSize);
   onProgress?.(blocks + 1, blocks + 1);
 }

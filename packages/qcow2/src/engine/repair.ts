@@ -6,6 +6,7 @@ import { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from '..
 import { viewOf, writeU64 } from '../format/struct.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
 import { CheckAbort, ImageChecker, runChecker, zeroCounters, type CheckOptions, type CheckReport } from './check.js';
+import { writeHeaderFields, type HeaderFieldChanges } from './header-rewrite.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import { Refcounts } from './refcounts.js';
 
@@ -33,11 +34,6 @@ export interface RepairReport {
   /** The check run again after something was fixed ("Double checking the fixed image now..."). */
   recheck: CheckReport | undefined;
 }
-
-/** Header offsets written by a repair. */
-const HEADER_NB_SNAPSHOTS = 60;
-const HEADER_REFCOUNT_TABLE = 48;
-const HEADER_INCOMPATIBLE = 72;
 
 class ImageRepairer extends ImageChecker {
   constructor(
@@ -91,6 +87,12 @@ class ImageRepairer extends ImageChecker {
 
   private async writeSync(bytes: Uint8Array, offset: number): Promise<void> {
     await this.storage.write(bytes, offset);
+    await this.storage.flush();
+  }
+
+  /** Header fields changed in place (one write, see writeHeaderFields), then flushed. */
+  private async writeHeaderSync(changes: HeaderFieldChanges): Promise<void> {
+    await writeHeaderFields(this.storage, this.header, changes);
     await this.storage.flush();
   }
 
@@ -212,10 +214,7 @@ class ImageRepairer extends ImageChecker {
     await this.storage.write(table, tableStart * cs);
     await this.storage.flush();
     // 3. The header, in one write.
-    const fields = new Uint8Array(12);
-    writeU64(viewOf(fields), 0, tableStart * cs);
-    viewOf(fields).setUint32(8, tableClusters);
-    await this.writeSync(fields, HEADER_REFCOUNT_TABLE);
+    await this.writeHeaderSync({ refcountTableOffset: tableStart * cs, refcountTableClusters: tableClusters });
   }
 
   /**
@@ -236,22 +235,16 @@ class ImageRepairer extends ImageChecker {
       position = decoded.next;
     }
     const bytes = encodeSnapshotTable(entries);
-    const refcounts = await Refcounts.load(this.storage, this.layout, this.header.refcountTableOffset, this.header.refcountTableClusters, async (offset, clusters) => {
-      const fields = new Uint8Array(12);
-      writeU64(viewOf(fields), 0, offset);
-      viewOf(fields).setUint32(8, clusters);
-      await this.writeSync(fields, HEADER_REFCOUNT_TABLE);
-    });
+    const refcounts = await Refcounts.load(this.storage, this.layout, this.header.refcountTableOffset, this.header.refcountTableClusters, (offset, clusters) =>
+      this.writeHeaderSync({ refcountTableOffset: offset, refcountTableClusters: clusters }),
+    );
     const clusters = Math.max(1, Math.ceil(bytes.length / cs));
     const offset = await refcounts.allocate(clusters);
     await refcounts.flush();
     await this.storage.write(bytes, offset);
     await this.storage.flush();
-    const fields = new Uint8Array(12);
-    viewOf(fields).setUint32(0, entries.length);
-    writeU64(viewOf(fields), 4, offset);
-    await this.writeSync(fields, HEADER_NB_SNAPSHOTS);
     const oldOffset = this.header.snapshotsOffset;
+    await this.writeHeaderSync({ nbSnapshots: entries.length, snapshotsOffset: offset });
     if (oldOffset !== 0 && this.snapshotTableSize > 0) await refcounts.free(oldOffset, Math.ceil(this.snapshotTableSize / cs));
     await refcounts.flush();
     await this.storage.flush();
@@ -261,11 +254,7 @@ class ImageRepairer extends ImageChecker {
   protected override markCorrupt(): () => Promise<void> {
     return async () => {
       if (this.header.version < 3) return;
-      const features = setBit(this.header.incompatibleFeatures, IncompatibleFeature.Corrupt, true);
-      const word = new Uint8Array(8);
-      viewOf(word).setBigUint64(0, features);
-      await this.writeSync(word, HEADER_INCOMPATIBLE);
-      this.header.incompatibleFeatures = features;
+      await this.writeHeaderSync({ incompatibleFeatures: setBit(this.header.incompatibleFeatures, IncompatibleFeature.Corrupt, true) });
     };
   }
 
@@ -277,10 +266,7 @@ class ImageRepairer extends ImageChecker {
     features = setBit(features, IncompatibleFeature.Corrupt, false);
     if (features === this.header.incompatibleFeatures) return;
     await this.storage.flush();
-    const word = new Uint8Array(8);
-    viewOf(word).setBigUint64(0, features);
-    await this.writeSync(word, HEADER_INCOMPATIBLE);
-    this.header.incompatibleFeatures = features;
+    await this.writeHeaderSync({ incompatibleFeatures: features });
   }
 
   /**

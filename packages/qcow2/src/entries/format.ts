@@ -6,7 +6,7 @@
  * @packageDocumentation
  */
 export * from '../format/constants.js';
-export { decodeHeader, encodeHeader, hasBit, type Qcow2Header } from '../format/header.js';
+export { HEADER_LAYOUT, decodeHeader, encodeHeader, encodeHeaderFields, hasBit, type HeaderField, type Qcow2Header } from '../format/header.js';
 export * from '../format/header-extensions.js';
 export * from '../format/table-entries.js';
 export { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from '../format/snapshot-table.js';

@@ -1,5 +1,5 @@
 import { Qcow2Error } from '../errors.js';
-import type { BitmapsExtension } from './header-extensions.js';
+import { BITMAPS_EXTENSION_BYTES, decodeBitmapsExtensionFields, type BitmapsExtensionFields } from './header-extensions.js';
 import { readU64, viewOf, writeU64 } from './struct.js';
 
 /**
@@ -13,8 +13,6 @@ import { readU64, viewOf, writeU64 } from './struct.js';
 export const MAX_BITMAPS = 65535;
 /** qemu's QCOW2_MAX_BITMAP_DIRECTORY_SIZE: 1024 bytes per bitmap (just under 64 MiB). */
 export const MAX_BITMAP_DIRECTORY_BYTES = 1024 * MAX_BITMAPS;
-/** Bytes of the bitmaps header extension: nb_bitmaps, reserved, directory size, directory offset. */
-export const BITMAPS_EXTENSION_BYTES = 24;
 /** The fixed part of one directory entry. */
 export const BITMAP_DIRECTORY_ENTRY_FIXED_BYTES = 24;
 /** The only bitmap type the spec defines. */
@@ -57,10 +55,6 @@ export interface BitmapDirectoryEntry {
   extraData: Uint8Array;
 }
 
-/** The bitmaps header extension with every field, the reserved word included. */
-export interface BitmapsExtensionFields extends BitmapsExtension {
-  reserved: number;
-}
 
 const textDecoder = new TextDecoder();
 const textEncoder = new TextEncoder();
@@ -88,13 +82,7 @@ export function decodeBitmapsExtension(data: Uint8Array): BitmapsExtensionFields
   if (data.length !== BITMAPS_EXTENSION_BYTES) {
     throw new Qcow2Error('BAD_EXTENSION', `bitmaps_ext: Invalid extension length (${data.length} bytes, expected ${BITMAPS_EXTENSION_BYTES})`);
   }
-  const view = viewOf(data);
-  return {
-    nbBitmaps: view.getUint32(0),
-    reserved: view.getUint32(4),
-    bitmapDirectorySize: readU64(view, 8, 'bitmap directory size'),
-    bitmapDirectoryOffset: readU64(view, 16, 'bitmap directory offset'),
-  };
+  return decodeBitmapsExtensionFields(data);
 }
 
 /** The checks qemu's open makes on a bitmaps extension it is going to use (autoclear bit 0 set). */

@@ -10,6 +10,8 @@ export const MIN_EXTENDED_L2_CLUSTER_BITS = 14;
 export const V2_HEADER_LENGTH = 72;
 /** Shortest version 3 header, in bytes. */
 export const V3_MIN_HEADER_LENGTH = 104;
+/** The version 3 header qemu writes: up to the compression type byte and its padding to 8 bytes. */
+export const V3_HEADER_LENGTH = 112;
 /** Longest backing file name qemu accepts, in bytes. */
 export const MAX_BACKING_FILE_NAME = 1023;
 /** qemu's QCOW_MAX_L1_SIZE: 32 MiB of L1 table. */

@@ -1,6 +1,6 @@
 import { Qcow2Error } from '../errors.js';
-import { HeaderExtensionType } from './constants.js';
-import { readU64, viewOf, writeU64 } from './struct.js';
+import { AutoclearFeature, CompatibleFeature, HeaderExtensionType, IncompatibleFeature } from './constants.js';
+import { decodeStruct, encodeStruct, structSize, viewOf, type StructSpec } from './struct.js';
 
 /** One header extension as stored: kept whole so unknown ones survive a header rewrite. */
 export interface HeaderExtension {
@@ -16,12 +16,43 @@ export interface FeatureName {
   name: string;
 }
 
+/** Bytes of one feature name table entry: type u8, bit u8, name padded with NULs to 46 bytes. */
+const FEATURE_NAME_ENTRY_BYTES = 48;
+
+/** The feature name table qemu writes into every v3 image (qemu 7.2), so tools can name bits they do not know. */
+export const QEMU_FEATURE_NAMES: readonly FeatureName[] = [
+  { type: 0, bit: IncompatibleFeature.Dirty, name: 'dirty bit' },
+  { type: 0, bit: IncompatibleFeature.Corrupt, name: 'corrupt bit' },
+  { type: 0, bit: IncompatibleFeature.ExternalDataFile, name: 'external data file' },
+  { type: 0, bit: IncompatibleFeature.CompressionType, name: 'compression type' },
+  { type: 0, bit: IncompatibleFeature.ExtendedL2, name: 'extended L2 entries' },
+  { type: 1, bit: CompatibleFeature.LazyRefcounts, name: 'lazy refcounts' },
+  { type: 2, bit: AutoclearFeature.Bitmaps, name: 'bitmaps' },
+  { type: 2, bit: AutoclearFeature.DataFileRaw, name: 'raw external data' },
+];
+
 /** The bitmaps header extension: where the bitmap directory is and how many bitmaps it holds. */
 export interface BitmapsExtension {
   nbBitmaps: number;
   bitmapDirectorySize: number;
   bitmapDirectoryOffset: number;
 }
+
+/** The bitmaps header extension with every field, the reserved word included. */
+export interface BitmapsExtensionFields extends BitmapsExtension {
+  reserved: number;
+}
+
+/** The bitmaps extension's data: nb_bitmaps, a reserved word, the directory's size and offset. */
+const bitmapsExtensionLayout = {
+  nbBitmaps: { type: 'u32', offset: 0 },
+  reserved: { type: 'u32', offset: 4 },
+  bitmapDirectorySize: { type: 'u64', offset: 8 },
+  bitmapDirectoryOffset: { type: 'u64', offset: 16 },
+} as const satisfies StructSpec<string>;
+
+/** Bytes of the bitmaps extension's data. */
+export const BITMAPS_EXTENSION_BYTES = structSize(bitmapsExtensionLayout);
 
 const textDecoder = new TextDecoder();
 
@@ -93,25 +124,38 @@ export function featureNamesOf(extensions: HeaderExtension[]): FeatureName[] {
   const ext = findExtension(extensions, HeaderExtensionType.FeatureNameTable);
   if (ext === undefined) return [];
   const names: FeatureName[] = [];
-  for (let offset = 0; offset + 48 <= ext.data.length; offset += 48) {
-    const raw = ext.data.subarray(offset + 2, offset + 48);
+  for (let offset = 0; offset + FEATURE_NAME_ENTRY_BYTES <= ext.data.length; offset += FEATURE_NAME_ENTRY_BYTES) {
+    const raw = ext.data.subarray(offset + 2, offset + FEATURE_NAME_ENTRY_BYTES);
     const nul = raw.indexOf(0);
     names.push({ type: ext.data[offset]!, bit: ext.data[offset + 1]!, name: textDecoder.decode(nul === -1 ? raw : raw.subarray(0, nul)) });
   }
   return names;
 }
 
+/** Encodes a feature name table extension. */
+export function encodeFeatureNameTable(names: readonly FeatureName[]): HeaderExtension {
+  const data = new Uint8Array(names.length * FEATURE_NAME_ENTRY_BYTES);
+  const encoder = new TextEncoder();
+  names.forEach(({ type, bit, name }, i) => {
+    data[i * FEATURE_NAME_ENTRY_BYTES] = type;
+    data[i * FEATURE_NAME_ENTRY_BYTES + 1] = bit;
+    data.set(encoder.encode(name), i * FEATURE_NAME_ENTRY_BYTES + 2);
+  });
+  return { type: HeaderExtensionType.FeatureNameTable, data };
+}
+
+/** Decodes the fields of a bitmaps extension's data from its first 24 bytes (qemu's open wants exactly 24). */
+export function decodeBitmapsExtensionFields(data: Uint8Array): BitmapsExtensionFields {
+  if (data.length < BITMAPS_EXTENSION_BYTES) throw new Qcow2Error('BAD_EXTENSION', `bitmaps extension too short (${data.length} bytes)`);
+  return decodeStruct(bitmapsExtensionLayout, data, 'bitmaps extension');
+}
+
 /** The decoded bitmaps extension, if the header has one. */
 export function bitmapsExtensionOf(extensions: HeaderExtension[]): BitmapsExtension | undefined {
   const ext = findExtension(extensions, HeaderExtensionType.Bitmaps);
   if (ext === undefined) return undefined;
-  if (ext.data.length < 24) throw new Qcow2Error('BAD_EXTENSION', `bitmaps extension too short (${ext.data.length} bytes)`);
-  const view = viewOf(ext.data);
-  return {
-    nbBitmaps: view.getUint32(0),
-    bitmapDirectorySize: readU64(view, 8, 'bitmap directory size'),
-    bitmapDirectoryOffset: readU64(view, 16, 'bitmap directory offset'),
-  };
+  const { nbBitmaps, bitmapDirectorySize, bitmapDirectoryOffset } = decodeBitmapsExtensionFields(ext.data);
+  return { nbBitmaps, bitmapDirectorySize, bitmapDirectoryOffset };
 }
 
 /** A header extension holding a string (backing format, data file name). */
@@ -121,10 +165,7 @@ export function encodeStringExtension(type: number, value: string): HeaderExtens
 
 /** Encodes a bitmaps extension. */
 export function encodeBitmapsExtension(value: BitmapsExtension): HeaderExtension {
-  const data = new Uint8Array(24);
-  const view = viewOf(data);
-  view.setUint32(0, value.nbBitmaps);
-  writeU64(view, 8, value.bitmapDirectorySize);
-  writeU64(view, 16, value.bitmapDirectoryOffset);
+  const data = new Uint8Array(BITMAPS_EXTENSION_BYTES);
+  encodeStruct(bitmapsExtensionLayout, { ...value, reserved: 0 }, data);
   return { type: HeaderExtensionType.Bitmaps, data };
 }
