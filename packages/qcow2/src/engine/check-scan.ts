@@ -1,3 +1,5 @@
+import { COMPRESSED_HI, COPIED_HI, HOST_OFFSET_HI_MASK, HOST_OFFSET_LO_MASK, L2_RESERVED_HI } from '../format/table-entries.js';
+
 /**
  * The check's common cases as synchronous scans over whole tables (check.ts): small functions the JIT compiles
  * tightly, called once per table or refcount block instead of doing this work inside the async per-entry loops.
@@ -31,12 +33,16 @@ export function countPlainDataClusters(
 ): number {
   const clusterSize = 2 ** clusterBits;
   const clustersPer4G = 2 ** (32 - clusterBits);
+  // Compressed or reserved bits in the high half; in the low half, the zero flag, reserved bits or an offset
+  // that is not cluster aligned: all for the general path.
+  const notPlainHi = COMPRESSED_HI | L2_RESERVED_HI;
+  const notPlainLo = clusterSize - 1;
   for (let i = from; i < entries; i++) {
     const hi = table.getUint32(i * 8);
     const lo = table.getUint32(i * 8 + 4);
-    if ((hi & 0x7f000000) !== 0 || (lo & (clusterSize - 1)) !== 0 || (hi === 0 && lo === 0)) return i;
-    const offset = (hi & 0x00ffffff) * TWO_32 + lo;
-    const cluster = (hi & 0x00ffffff) * clustersPer4G + (lo >>> clusterBits);
+    if ((hi & notPlainHi) !== 0 || (lo & notPlainLo) !== 0 || (hi === 0 && lo === 0)) return i;
+    const offset = (hi & HOST_OFFSET_HI_MASK) * TWO_32 + lo;
+    const cluster = (hi & HOST_OFFSET_HI_MASK) * clustersPer4G + (lo >>> clusterBits);
     const count = counts[cluster]!;
     if (offset >= fileSize || count >= countBelow) return i;
     counts[cluster] = count + 1;
@@ -59,12 +65,12 @@ export function skipRightCopiedFlags(table: DataView, from: number, entries: num
   const clustersPer4G = 2 ** (32 - clusterBits);
   for (let i = from; i < entries; i++) {
     const hi = table.getUint32(i * entryBytes);
-    if ((hi & 0x40000000) !== 0) continue;
+    if ((hi & COMPRESSED_HI) !== 0) continue;
     const lo = table.getUint32(i * entryBytes + 4);
-    if ((hi & 0x00ffffff) === 0 && (lo & 0xfffffe00) === 0) continue;
-    const cluster = (hi & 0x00ffffff) * clustersPer4G + (lo >>> clusterBits);
+    if ((hi & HOST_OFFSET_HI_MASK) === 0 && (lo & HOST_OFFSET_LO_MASK) === 0) continue;
+    const cluster = (hi & HOST_OFFSET_HI_MASK) * clustersPer4G + (lo >>> clusterBits);
     const refcount = cluster < stored.length ? stored[cluster]! : unknown;
-    const copied = (hi & 0x80000000) !== 0;
+    const copied = (hi & COPIED_HI) !== 0;
     if (refcount === unknown || (refcount === 1) !== copied) return i;
   }
   return entries;

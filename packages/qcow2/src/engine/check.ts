@@ -3,7 +3,22 @@ import { checkBitmapEntryConstraints, decodeBitmapDirectory, type BitmapDirector
 import { AutoclearFeature, MAX_L1_BYTES, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA_DATA, MAX_SNAPSHOT_TABLE_BYTES } from '../format/constants.js';
 import { bitmapsExtensionOf } from '../format/header-extensions.js';
 import { HEADER_PROBE_BYTES, decodeHeader, hasBit, probeClusterBits, type Qcow2Header } from '../format/header.js';
+import { bitmapTableEntryValid } from '../format/bitmap-table.js';
 import { getRefcount, getRefcounts, refcountEntriesPerBlock } from '../format/refcount-block.js';
+import {
+  ALLOC_BITMAP_AT,
+  COMPRESSED_HI,
+  COPIED_HI,
+  ZERO_BITMAP_AT,
+  ZERO_LO,
+  compressedAdditionalSectors,
+  compressedOffsetHigh,
+  compressedSpan,
+  entryHostOffset,
+  l1ReservedBits,
+  l2ReservedBits,
+  withCopied,
+} from '../format/table-entries.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
 import { countPlainDataClusters, firstRefcountMismatch, skipRightCopiedFlags, type ClusterRun } from './check-scan.js';
 import { layoutOf, validateForIo, validateHeader, type ImageLayout } from './image-layout.js';
@@ -677,11 +692,11 @@ export class ImageChecker {
       const hi = view.getUint32(i * 8);
       const lo = view.getUint32(i * 8 + 4);
       if (hi === 0 && lo === 0) continue;
-      if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0) {
+      if (l1ReservedBits(hi, lo)) {
         this.message('reserved-bits', `ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
         this.res.corruptions++;
       }
-      const l2Offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+      const l2Offset = entryHostOffset(hi, lo);
       this.incRefcounts(l2Offset, this.clusterSize);
       if (l2Offset % this.clusterSize !== 0) {
         this.message('misaligned', `ERROR l2_offset=${l2Offset.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
@@ -702,9 +717,6 @@ export class ImageChecker {
     const table = this.l2Buffer();
     await readZeroPadded(this.storage, table, l2Offset);
     const view = new DataView(table.buffer);
-    const csizeShift = 62 - (clusterBits - 8);
-    const offsetBitsInHi = csizeShift - 32;
-    const csizeMask = 2 ** (clusterBits - 8) - 1;
     // Fragmentation statistics (active L1 only), shared by the scan and the general path.
     const run: ClusterRun = { next: 0, allocated: 0, fragmented: 0 };
     // Plain data clusters (a 200 GiB image has 3.2 million) are counted by a synchronous scan of the table; the
@@ -720,28 +732,29 @@ export class ImageChecker {
       let hi = view.getUint32(at);
       const lo = view.getUint32(at + 4);
       // Extended L2: the second word's high half is the zero bitmap, its low half the allocation bitmap.
-      const zeroBits = extendedL2 ? view.getUint32(at + 8) : 0;
-      const allocBits = extendedL2 ? view.getUint32(at + 12) : 0;
-      const compressed = (hi & 0x40000000) !== 0;
-      const copied = (hi & 0x80000000) !== 0;
-      const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+      const zeroBits = extendedL2 ? view.getUint32(at + ZERO_BITMAP_AT) : 0;
+      const allocBits = extendedL2 ? view.getUint32(at + ALLOC_BITMAP_AT) : 0;
+      const compressed = (hi & COMPRESSED_HI) !== 0;
+      const copied = (hi & COPIED_HI) !== 0;
+      const offset = entryHostOffset(hi, lo);
       let type: 'compressed' | 'zero-alloc' | 'zero-plain' | 'normal' | 'unallocated';
       if (compressed) type = 'compressed';
-      else if ((lo & 1) !== 0 && !extendedL2) type = offset !== 0 ? 'zero-alloc' : 'zero-plain';
+      else if ((lo & ZERO_LO) !== 0 && !extendedL2) type = offset !== 0 ? 'zero-alloc' : 'zero-plain';
       else if (offset === 0) type = externalDataFile && copied ? 'normal' : 'unallocated';
       else type = 'normal';
 
-      if (type !== 'compressed' && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
+      if (type !== 'compressed' && l2ReservedBits(hi, lo)) {
         this.message('reserved-bits', `ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
         this.res.corruptions++;
       }
       switch (type) {
         case 'compressed': {
-          const hiOffset = hi & (2 ** offsetBitsInHi - 1);
+          // An offset above 2^53 (hostile) stays exact as a bigint: it is reported, never used.
+          const hiOffset = compressedOffsetHigh(hi, clusterBits);
           const coffset: number | bigint = hiOffset > 0x1fffff ? (BigInt(hiOffset) << 32n) | BigInt(lo >>> 0) : hiOffset * TWO_32 + (lo >>> 0);
           if (copied) {
             this.message('compressed-cluster', `ERROR: coffset=0x${coffset.toString(16)}: copied flag must never be set for compressed clusters`);
-            hi = (hi & 0x7fffffff) >>> 0;
+            hi = withCopied(hi, false);
             this.res.corruptions++;
           }
           if (externalDataFile) {
@@ -754,8 +767,8 @@ export class ImageChecker {
             this.res.corruptions++;
             break;
           }
-          const nbSectors = (Math.floor(hi / 2 ** offsetBitsInHi) & csizeMask) + 1;
-          const csize = nbSectors * 512 - Number(typeof coffset === 'bigint' ? coffset & 511n : coffset % 512);
+          // The span depends on the offset within its sector only: the low half has it even for a bigint offset.
+          const csize = compressedSpan(typeof coffset === 'number' ? coffset : lo >>> 0, compressedAdditionalSectors(hi, clusterBits));
           this.incRefcounts(coffset, csize);
           if (fragInfo) {
             this.res.allocatedClusters++;
@@ -773,7 +786,7 @@ export class ImageChecker {
           }
           if (offset % clusterSize !== 0) {
             this.res.corruptions++;
-            const containsData = extendedL2 ? allocBits !== 0 : (lo & 1) === 0;
+            const containsData = extendedL2 ? allocBits !== 0 : (lo & ZERO_LO) === 0;
             if (!containsData) {
               this.message(
                 'misaligned',
@@ -845,10 +858,8 @@ export class ImageChecker {
       for (let i = 0; i < table.length / 8; i++) {
         const hi = view.getUint32(i * 8);
         const lo = view.getUint32(i * 8 + 4);
-        const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
-        // Reserved bits 1..8 and 56..63; with an offset, bit 0 ("all ones") is reserved too; offsets are aligned.
-        const bad = (hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 || (offset !== 0 && ((lo & 1) !== 0 || offset % this.clusterSize !== 0));
-        if (bad) {
+        const offset = entryHostOffset(hi, lo);
+        if (!bitmapTableEntryValid(hi, lo, this.clusterSize)) {
           // qemu's bitmap_table_load refuses the whole table: the check stops there.
           this.message('bitmap', `ERROR bitmap '${entry.name}': invalid bitmap table entry ${i}: ${hex64(hi, lo)}`);
           this.res.corruptions++;
@@ -983,17 +994,16 @@ export class ImageChecker {
     for (let i = 0; i < l1Size; i++) {
       const l1Hi = l1View.getUint32(i * 8);
       const l1Lo = l1View.getUint32(i * 8 + 4);
-      const l2Offset = (l1Hi & 0x00ffffff) * TWO_32 + ((l1Lo & 0xfffffe00) >>> 0);
+      const l2Offset = entryHostOffset(l1Hi, l1Lo);
       if (l2Offset === 0) continue;
       const l2Refcount = await this.stored.get(Math.floor(l2Offset / clusterSize));
       if (l2Refcount === undefined) continue;
-      const l1Copied = (l1Hi & 0x80000000) !== 0;
+      const l1Copied = (l1Hi & COPIED_HI) !== 0;
       if ((l2Refcount === 1) !== l1Copied) {
         this.res.corruptions++;
         this.message('copied-flag', `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(l1Hi, l1Lo)} refcount=${l2Refcount}`);
         if (repair) {
-          const fixedHi = (l2Refcount === 1 ? l1Hi | 0x80000000 : l1Hi & 0x7fffffff) >>> 0;
-          await this.repairL1Entry(i, fixedHi, l1Lo);
+          await this.repairL1Entry(i, withCopied(l1Hi, l2Refcount === 1), l1Lo);
           this.res.corruptions--;
           this.res.corruptionsFixed++;
         }
@@ -1012,11 +1022,11 @@ export class ImageChecker {
         const at = j * l2EntryBytes;
         const hi = view.getUint32(at);
         const lo = view.getUint32(at + 4);
-        if ((hi & 0x40000000) !== 0) continue;
-        const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
-        const copied = (hi & 0x80000000) !== 0;
+        if ((hi & COMPRESSED_HI) !== 0) continue;
+        const offset = entryHostOffset(hi, lo);
+        const copied = (hi & COPIED_HI) !== 0;
         const cluster = Math.floor(offset / clusterSize);
-        const zeroFlag = (lo & 1) !== 0 && !extendedL2;
+        const zeroFlag = (lo & ZERO_LO) !== 0 && !extendedL2;
         const isData = zeroFlag ? offset !== 0 : offset !== 0 || (externalDataFile && copied);
         if (!isData) continue;
         let refcount: number | undefined = 1;
@@ -1033,7 +1043,7 @@ export class ImageChecker {
           this.res.corruptions++;
           this.message('copied-flag', `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${refcount}`);
           if (repair) {
-            view.setUint32(at, (refcount === 1 ? hi | 0x80000000 : hi & 0x7fffffff) >>> 0);
+            view.setUint32(at, withCopied(hi, refcount === 1));
             dirty++;
           }
         }

@@ -1,5 +1,19 @@
 import { Qcow2Error } from '../errors.js';
-import { COMPRESSED_HI, COPIED_HI, ZERO_LO, decodeCompressedDescriptor, encodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
+import {
+  ALLOC_BITMAP_AT,
+  ALL_SUBCLUSTERS,
+  COMPRESSED_HI,
+  COPIED_HI,
+  HOST_OFFSET_LO_MASK,
+  ZERO_BITMAP_AT,
+  setSubclusterBitmaps,
+  subclusterRange,
+  ZERO_LO,
+  encodeCompressedDescriptor,
+  entryHostOffset,
+  l2EntryClusters,
+  setTableEntry,
+} from '../format/table-entries.js';
 import { viewOf } from '../format/struct.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import { BitmapTracker } from './bitmap-tracker.js';
@@ -12,7 +26,6 @@ import { isZero } from '../io/zero-detect.js';
 
 export type { BelowReader } from './write-context.js';
 
-const FULL_SUBCLUSTER_BITMAP = 0xffffffff;
 
 /**
  * The write side of one image: guest writes with cluster allocation and copy-on-write, compressed cluster
@@ -139,8 +152,7 @@ export class Qcow2Writer {
       const fullyAllocated = extendedL2 ? !partial : (lo & ZERO_LO) === 0;
       const inPlace = allocated && copied && fullyAllocated;
       if (inPlace && extendedL2) {
-        view.setUint32(index * l2EntryBytes + 8, 0);
-        view.setUint32(index * l2EntryBytes + 12, FULL_SUBCLUSTER_BITMAP);
+        setSubclusterBitmaps(view, index * l2EntryBytes, 0, ALL_SUBCLUSTERS);
         this.image.l2Cache.markDirty(l2Offset);
       }
       const continues =
@@ -207,31 +219,17 @@ export class Qcow2Writer {
       const oldLo = view.getUint32(at + 4);
       this.queueFreeOfEntry(oldHi, oldLo, clusterBits, externalDataFile);
       const newHost = host + (cluster - runStart) * clusterSize;
-      view.setUint32(at, (COPIED_HI | Math.floor(newHost / 0x100000000)) >>> 0);
-      view.setUint32(at + 4, newHost >>> 0);
+      setTableEntry(view, at, newHost, true);
       if (extendedL2) {
-        view.setUint32(at + 8, 0);
-        view.setUint32(at + 12, FULL_SUBCLUSTER_BITMAP);
+        setSubclusterBitmaps(view, at, 0, ALL_SUBCLUSTERS);
       }
     }
   }
 
   /** Queues the release of whatever an L2 entry pointed at, to happen after the new entry is on disk. */
   private queueFreeOfEntry(hi: number, lo: number, clusterBits: number, externalDataFile: boolean): void {
-    const clusterSize = 2 ** clusterBits;
-    if ((hi & COMPRESSED_HI) !== 0) {
-      const { hostOffset, additionalSectors } = decodeCompressedDescriptor(hi, lo, clusterBits);
-      // qemu counts a compressed cluster on every host cluster its sectors touch.
-      const start = hostOffset - (hostOffset % 512);
-      const endByte = start + (additionalSectors + 1) * 512;
-      const first = Math.floor(start / clusterSize);
-      const last = Math.floor((endByte - 1) / clusterSize);
-      this.pendingFrees.push({ cluster: first, count: last - first + 1 });
-      return;
-    }
-    if (externalDataFile) return;
-    const host = entryHostOffset(hi, lo);
-    if (host !== 0) this.pendingFrees.push({ cluster: host / clusterSize, count: 1 });
+    const clusters = l2EntryClusters(hi, lo, clusterBits, externalDataFile);
+    if (clusters !== undefined) this.pendingFrees.push({ cluster: clusters.first, count: clusters.count });
   }
 
   /** Reads the current guest contents of one cluster of this image (own data, zeros, or from below). */
@@ -270,8 +268,7 @@ export class Qcow2Writer {
 
   private async writeL1Entry(l1Index: number, l2Offset: number): Promise<void> {
     const l1 = this.image.activeL1;
-    l1.view.setUint32(l1Index * 8, (COPIED_HI | Math.floor(l2Offset / 0x100000000)) >>> 0);
-    l1.view.setUint32(l1Index * 8 + 4, l2Offset >>> 0);
+    setTableEntry(l1.view, l1Index * 8, l2Offset, true);
     await this.image.storage.write(l1.bytes.subarray(l1Index * 8, l1Index * 8 + 8), this.image.header.l1TableOffset + l1Index * 8);
   }
 
@@ -304,8 +301,7 @@ export class Qcow2Writer {
     view.setUint32(at, hi);
     view.setUint32(at + 4, lo);
     if (extendedL2) {
-      view.setUint32(at + 8, 0);
-      view.setUint32(at + 12, 0);
+      setSubclusterBitmaps(view, at, 0, 0);
     }
     this.image.l2Cache.markDirty(l2Offset);
     this.image.invalidateCompressedCache();
@@ -446,9 +442,8 @@ export class Qcow2Writer {
     this.image.l2Cache.markDirty(l2Offset);
     const first = (from - cluster) / subclusterSize;
     const last = Math.ceil((to - cluster) / subclusterSize) - 1;
-    const mask = last - first + 1 === 32 ? FULL_SUBCLUSTER_BITMAP : (((1 << (last - first + 1)) - 1) << first) >>> 0;
-    view.setUint32(at + 8, (view.getUint32(at + 8) | mask) >>> 0);
-    view.setUint32(at + 12, (view.getUint32(at + 12) & ~mask) >>> 0);
+    const mask = subclusterRange(first, last);
+    setSubclusterBitmaps(view, at, view.getUint32(at + ZERO_BITMAP_AT) | mask, view.getUint32(at + ALLOC_BITMAP_AT) & ~mask);
   }
 
   /** Whether the `unit` bytes at `at` read as zeros everywhere outside [from, to). */
@@ -490,12 +485,11 @@ export class Qcow2Writer {
       if (!keep) this.queueFreeOfEntry(hi, lo, clusterBits, externalDataFile);
       // v3 standard entries carry the zero flag; extended L2 says it in the bitmap; v2 can only deallocate.
       const newHi = keep ? hi : 0;
-      const newLo = (keep ? lo & 0xfffffe00 : 0) | (zero && !extendedL2 ? ZERO_LO : 0);
+      const newLo = (keep ? lo & HOST_OFFSET_LO_MASK : 0) | (zero && !extendedL2 ? ZERO_LO : 0);
       view.setUint32(at, newHi >>> 0);
       view.setUint32(at + 4, newLo >>> 0);
       if (extendedL2) {
-        view.setUint32(at + 8, zero ? FULL_SUBCLUSTER_BITMAP : 0);
-        view.setUint32(at + 12, 0);
+        setSubclusterBitmaps(view, at, zero ? ALL_SUBCLUSTERS : 0, 0);
       }
     }
   }
@@ -613,9 +607,8 @@ export class Qcow2Writer {
         const at = i * l2EntryBytes;
         if (view.getUint32(at) !== 0 || view.getUint32(at + 4) !== 0) continue;
         const clusterHost = host + i * clusterSize;
-        view.setUint32(at, (COPIED_HI | Math.floor(clusterHost / 0x100000000)) >>> 0);
-        view.setUint32(at + 4, clusterHost >>> 0);
-        if (extendedL2 && mode !== 'metadata') view.setUint32(at + 12, FULL_SUBCLUSTER_BITMAP);
+        setTableEntry(view, at, clusterHost, true);
+        if (extendedL2 && mode !== 'metadata') view.setUint32(at + ALLOC_BITMAP_AT, ALL_SUBCLUSTERS);
       }
       const end = host + count * clusterSize;
       if (mode === 'metadata') {

@@ -1,10 +1,9 @@
-import { COMPRESSED_HI, decodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
+import { entryHostOffset, l2EntryClusters } from '../format/table-entries.js';
 import { viewOf } from '../format/struct.js';
 import { voidPersistentBitmaps } from './header-rewrite.js';
 import { Qcow2Writer } from './image-writer.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
-const SECTOR = 512;
 
 /** What makeEmpty did to an image (the clusters it dropped). */
 export interface MakeEmptyResult {
@@ -60,20 +59,8 @@ export async function makeEmpty(image: Qcow2Image, options: { durable?: boolean 
     for (let t = 0; t < tables.length; t++) {
       const view = viewOf(await image.l2Table(tables[t]!));
       for (let i = 0; i < l2Entries; i++) {
-        const hi = view.getUint32(i * l2EntryBytes);
-        const lo = view.getUint32(i * l2EntryBytes + 4);
-        if ((hi & COMPRESSED_HI) !== 0) {
-          const { hostOffset, additionalSectors } = decodeCompressedDescriptor(hi, lo, clusterBits);
-          const start = hostOffset - (hostOffset % SECTOR);
-          const end = start + (additionalSectors + 1) * SECTOR;
-          const first = Math.floor(start / clusterSize);
-          await refcounts.adjust(first, Math.floor((end - 1) / clusterSize) - first + 1, -1);
-          continue;
-        }
-        // External data files map guest offsets 1:1 and keep no refcounts for data.
-        if (externalDataFile) continue;
-        const host = entryHostOffset(hi, lo);
-        if (host !== 0) await refcounts.free(host, 1);
+        const clusters = l2EntryClusters(view.getUint32(i * l2EntryBytes), view.getUint32(i * l2EntryBytes + 4), clusterBits, externalDataFile);
+        if (clusters !== undefined) await refcounts.adjust(clusters.first, clusters.count, -1);
       }
       await refcounts.free(tables[t]!, 1);
       image.l2Cache.delete(tables[t]!);

@@ -1,5 +1,14 @@
 import { Qcow2Error } from '../errors.js';
-import { COMPRESSED_HI, COPIED_HI, ZERO_LO, compressedSpan, decodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
+import {
+  ALLOC_BITMAP_AT,
+  COMPRESSED_HI,
+  COPIED_HI,
+  ZERO_BITMAP_AT,
+  ZERO_LO,
+  compressedSpan,
+  decodeCompressedDescriptor,
+  entryHostOffset,
+} from '../format/table-entries.js';
 import type { ImageLayout } from './image-layout.js';
 import { SegmentKind, pushSegment, segment, type Segment } from './segments.js';
 
@@ -87,8 +96,8 @@ export async function mapGuestRange(
             pushSegment(out, segment(pos, clusterEnd - pos, SegmentKind.Data, host + inCluster));
           }
         } else {
-          const zeroBits = l2.getUint32(index * l2EntryBytes + 8);
-          const allocBits = l2.getUint32(index * l2EntryBytes + 12);
+          const zeroBits = l2.getUint32(index * l2EntryBytes + ZERO_BITMAP_AT);
+          const allocBits = l2.getUint32(index * l2EntryBytes + ALLOC_BITMAP_AT);
           if ((zeroBits & allocBits) !== 0) throw corrupt(`subcluster marked both allocated and zero (L2 entry for guest offset ${clusterStart})`);
           if (!allocated && allocBits !== 0) throw corrupt(`subclusters allocated in an unallocated cluster (guest offset ${clusterStart})`);
           let sub = Math.floor((pos - clusterStart) / subclusterSize);

@@ -4,6 +4,7 @@ import { setBit } from '../format/header.js';
 import { setRefcount } from '../format/refcount-block.js';
 import { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from '../format/snapshot-table.js';
 import { viewOf, writeU64 } from '../format/struct.js';
+import { ZERO_LO, setSubclusterBitmaps } from '../format/table-entries.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
 import { CheckAbort, ImageChecker, runChecker, zeroCounters, type CheckOptions, type CheckReport } from './check.js';
 import { writeHeaderFields, type HeaderFieldChanges } from './header-rewrite.js';
@@ -103,9 +104,9 @@ class ImageRepairer extends ImageChecker {
     const view = viewOf(entry);
     if (extendedL2) {
       // Offset 0; every subcluster that was allocated or zero reads as zero; unallocated ones stay unallocated.
-      view.setUint32(8, (zeroBits | allocBits) >>> 0);
+      setSubclusterBitmaps(view, 0, zeroBits | allocBits, 0);
     } else {
-      view.setUint32(4, 1); // the zero flag alone: a plain zero cluster
+      view.setUint32(4, ZERO_LO); // the zero flag alone: a plain zero cluster
     }
     if (this.overlap(at, l2EntryBytes) !== undefined) {
       this.message('misaligned', 'ERROR: Overlap check failed');

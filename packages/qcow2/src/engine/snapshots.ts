@@ -2,7 +2,18 @@ import { Qcow2Error } from '../errors.js';
 import { MAX_SNAPSHOTS } from '../format/constants.js';
 import { encodeSnapshotTable, SNAPSHOT_EXTRA_DATA_BYTES, type SnapshotEntry } from '../format/snapshot-table.js';
 import { viewOf } from '../format/struct.js';
-import { COMPRESSED_HI, COPIED_HI, decodeCompressedDescriptor, entryHostOffset } from '../format/table-entries.js';
+import {
+  COMPRESSED_HI,
+  COPIED_HI,
+  HOST_OFFSET_HI_MASK,
+  HOST_OFFSET_LO_MASK,
+  compressedHostClusters,
+  decodeCompressedDescriptor,
+  encodeHostOffset,
+  entryHostOffset,
+  setTableEntry,
+  withCopied,
+} from '../format/table-entries.js';
 import { BitmapFlag, decodeBitmapDirectory, hasBitmapFlag, MAX_BITMAP_DIRECTORY_BYTES } from '../format/bitmap-directory.js';
 import type { Qcow2Writer } from './image-writer.js';
 import type { L1Table } from './mapping.js';
@@ -60,13 +71,13 @@ function corruptEntry(image: Qcow2Image, what: string): Qcow2Error {
  */
 function collectDataRuns(table: DataView, from: number, entries: number, entryBytes: number, clusterBits: number, fileClusters: number, runs: Array<[number, number]>): number {
   const clustersPer4G = 2 ** (32 - clusterBits);
-  const misaligned = (2 ** clusterBits - 1) & 0xfffffe00;
+  const misaligned = (2 ** clusterBits - 1) & HOST_OFFSET_LO_MASK;
   let last = runs[runs.length - 1];
   for (let j = from; j < entries; j++) {
     const hi = table.getUint32(j * entryBytes);
     const lo = table.getUint32(j * entryBytes + 4);
     if ((hi & COMPRESSED_HI) !== 0 || (lo & misaligned) !== 0) return j;
-    const cluster = (hi & 0x00ffffff) * clustersPer4G + (lo >>> clusterBits);
+    const cluster = (hi & HOST_OFFSET_HI_MASK) * clustersPer4G + (lo >>> clusterBits);
     if (cluster === 0) continue;
     if (cluster >= fileClusters) return j;
     if (last !== undefined && last[0] + last[1] === cluster) last[1]++;
@@ -102,11 +113,9 @@ async function reachOf(image: Qcow2Image, l1: L1Table): Promise<Reach> {
       if ((hi & COMPRESSED_HI) !== 0) {
         // Every host cluster the stream's sectors touch is counted once per reference.
         const { hostOffset, additionalSectors } = decodeCompressedDescriptor(hi, lo, clusterBits);
-        const start = hostOffset - (hostOffset % 512);
-        const first = Math.floor(start / clusterSize);
-        const last = Math.floor((start + (additionalSectors + 1) * 512 - 1) / clusterSize);
-        if (last >= fileClusters) throw corruptEntry(image, `compressed cluster at 0x${hostOffset.toString(16)} lies past the end of the file`);
-        for (let c = first; c <= last; c++) reach.compressed.set(c, (reach.compressed.get(c) ?? 0) + 1);
+        const { first, count } = compressedHostClusters(hostOffset, additionalSectors, clusterSize);
+        if (first + count > fileClusters) throw corruptEntry(image, `compressed cluster at 0x${hostOffset.toString(16)} lies past the end of the file`);
+        for (let c = first; c < first + count; c++) reach.compressed.set(c, (reach.compressed.get(c) ?? 0) + 1);
         continue;
       }
       const host = entryHostOffset(hi, lo);
@@ -157,7 +166,7 @@ async function writeNew(sw: MetadataSwitch, image: Qcow2Image, bytes: Uint8Array
 
 /** Clears COPIED in the L2 entries of bytes [from, to) of `table`. */
 function clearCopiedFlags(table: DataView, from: number, to: number, entryBytes: number): void {
-  for (let at = from; at < to; at += entryBytes) table.setUint32(at, (table.getUint32(at) & ~COPIED_HI) >>> 0);
+  for (let at = from; at < to; at += entryBytes) table.setUint32(at, withCopied(table.getUint32(at), false));
 }
 
 /**
@@ -185,8 +194,7 @@ async function activeCopiesOf(image: Qcow2Image, sw: MetadataSwitch, source: L1T
       chunk.set(await image.l2Table(l2Offset), k * clusterSize);
       clearCopiedFlags(view, k * clusterSize, (k + 1) * clusterSize, l2EntryBytes);
       const copy = run + (first + k) * clusterSize;
-      l1View.setUint32(i * 8, (COPIED_HI | Math.floor(copy / 0x100000000)) >>> 0);
-      l1View.setUint32(i * 8 + 4, copy >>> 0);
+      setTableEntry(l1View, i * 8, copy, true);
     }
     await sw.write(chunk, run + first * clusterSize);
   }
@@ -226,7 +234,7 @@ async function activeWithCopiedRecomputed(image: Qcow2Image, sw: MetadataSwitch)
         refcount = sw.peek(host / clusterSize)!;
       }
       const copied = externalDataFile || refcount === 1;
-      const newHi = copied ? (entryHi | COPIED_HI) >>> 0 : (entryHi & ~COPIED_HI) >>> 0;
+      const newHi = withCopied(entryHi, copied);
       if (newHi !== entryHi) {
         fixed ??= viewOf(table.slice());
         fixed.setUint32(at, newHi);
@@ -238,10 +246,8 @@ async function activeWithCopiedRecomputed(image: Qcow2Image, sw: MetadataSwitch)
       await sw.free(l2Offset, 1);
     }
     const copied = (await sw.get(target / clusterSize)) === 1;
-    const newHi = ((copied ? COPIED_HI : 0) | Math.floor(target / 0x100000000)) >>> 0;
-    if (newHi !== hi || target !== l2Offset) {
-      l1View.setUint32(i * 8, newHi);
-      l1View.setUint32(i * 8 + 4, target >>> 0);
+    if (withCopied(encodeHostOffset(target).hi, copied) !== hi || target !== l2Offset) {
+      setTableEntry(l1View, i * 8, target, copied);
       changed = true;
     }
   }

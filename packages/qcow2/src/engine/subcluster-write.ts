@@ -1,4 +1,14 @@
-import { COMPRESSED_HI, COPIED_HI, entryHostOffset } from '../format/table-entries.js';
+import {
+  ALLOC_BITMAP_AT,
+  ALL_SUBCLUSTERS,
+  COMPRESSED_HI,
+  COPIED_HI,
+  ZERO_BITMAP_AT,
+  entryHostOffset,
+  setSubclusterBitmaps,
+  setTableEntry,
+  subclusterRange,
+} from '../format/table-entries.js';
 import type { BelowReader } from './write-context.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
@@ -14,13 +24,6 @@ export interface SubclusterContext {
   readOwnCluster(guestOffset: number, dest: Uint8Array): Promise<void>;
 }
 
-const FULL = 0xffffffff;
-
-function subclusterMask(first: number, last: number): number {
-  // Bits first..last inclusive (0..31).
-  const width = last - first + 1;
-  return width === 32 ? FULL : (((1 << width) - 1) << first) >>> 0;
-}
 
 /**
  * A write that covers part of one cluster of an extended-L2 image, as qemu does it: only the subclusters the
@@ -43,8 +46,8 @@ export async function writeSubclusters(
   const at = index * l2EntryBytes;
   const hi = view.getUint32(at);
   const lo = view.getUint32(at + 4);
-  const zeroBits = view.getUint32(at + 8);
-  const allocBits = view.getUint32(at + 12);
+  const zeroBits = view.getUint32(at + ZERO_BITMAP_AT);
+  const allocBits = view.getUint32(at + ALLOC_BITMAP_AT);
   const compressed = (hi & COMPRESSED_HI) !== 0;
   const copied = (hi & COPIED_HI) !== 0;
   const host = compressed ? 0 : entryHostOffset(hi, lo);
@@ -52,7 +55,7 @@ export async function writeSubclusters(
 
   const first = Math.floor((from - clusterStart) / subclusterSize);
   const last = Math.floor((from + data.length - 1 - clusterStart) / subclusterSize);
-  const touched = subclusterMask(first, last);
+  const touched = subclusterRange(first, last);
   image.l2Cache.markDirty(l2Offset);
 
   // The whole cluster as the guest sees it now, only when something must be carried over.
@@ -72,7 +75,7 @@ export async function writeSubclusters(
   } else {
     newHost = (await context.allocateCluster()) ?? clusterStart;
     if (compressed) {
-      newAlloc = FULL;
+      newAlloc = ALL_SUBCLUSTERS;
       await image.dataStorage.write(buffer, newHost);
     } else if (allocated) {
       // Shared with a snapshot: keep every subcluster that held data, plus the new ones.
@@ -85,10 +88,8 @@ export async function writeSubclusters(
     }
     if (compressed) context.freeEntry(hi, lo);
   }
-  view.setUint32(at, (COPIED_HI | Math.floor(newHost / 0x100000000)) >>> 0);
-  view.setUint32(at + 4, newHost >>> 0);
-  view.setUint32(at + 8, newAlloc === FULL ? 0 : (zeroBits & ~touched) >>> 0);
-  view.setUint32(at + 12, newAlloc);
+  setTableEntry(view, at, newHost, true);
+  setSubclusterBitmaps(view, at, newAlloc === ALL_SUBCLUSTERS ? 0 : zeroBits & ~touched, newAlloc);
   const end = newHost + clusterSize;
   if (!externalDataFile && end > image.fileSize) image.fileSize = end;
 }

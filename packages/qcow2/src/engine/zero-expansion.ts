@@ -1,5 +1,5 @@
 import { Qcow2Error } from '../errors.js';
-import { COMPRESSED_HI, COPIED_HI, ZERO_LO, entryHostOffset } from '../format/table-entries.js';
+import { COMPRESSED_HI, ZERO_LO, entryHostOffset, setTableEntry } from '../format/table-entries.js';
 import { viewOf } from '../format/struct.js';
 import type { L1Table } from './mapping.js';
 import type { Qcow2Image } from './qcow2-image.js';
@@ -73,8 +73,7 @@ export async function expandZeroClusters(
           if (l2Refcount > 1) await refcounts.adjust(cluster / clusterSize, 1, l2Refcount - 1);
           await refcounts.flush();
           for (let written = 0; written < clusterSize; written += zeros.length) await image.storage.write(zeros, cluster + written);
-          view.setUint32(at, ((l2Refcount === 1 ? COPIED_HI : 0) | Math.floor(cluster / 0x100000000)) >>> 0);
-          view.setUint32(at + 4, cluster >>> 0);
+          setTableEntry(view, at, cluster, l2Refcount === 1);
           if (cluster + clusterSize > image.fileSize) image.fileSize = cluster + clusterSize;
         }
         // The shared cluster loses this entry's references, after the table no longer points at it.

@@ -12,15 +12,39 @@ export const COPIED_HI = 0x80000000;
 export const COMPRESSED_HI = 0x40000000;
 /** Standard L2 entry bit 0: reads as zeros (v3). */
 export const ZERO_LO = 1;
+/** Host offset bits 32..55, in the high half (hi bits 0..23). The same in L1, L2, refcount and bitmap tables. */
+export const HOST_OFFSET_HI_MASK = 0x00ffffff;
+/** Host offset bits 9..31, in the low half. */
+export const HOST_OFFSET_LO_MASK = 0xfffffe00;
+/** Reserved bits of an L1 entry: 0..8 (lo) and 56..62 (hi); qemu's L1E_RESERVED_MASK. */
+export const L1_RESERVED_HI = 0x7f000000;
+export const L1_RESERVED_LO = 0x1ff;
+/** Reserved bits of a standard L2 entry: 1..8 (lo) and 56..61 (hi); qemu's L2E_STD_RESERVED_MASK. */
+export const L2_RESERVED_HI = 0x3f000000;
+export const L2_RESERVED_LO = 0x1fe;
 
 /** The host offset an L1 or L2 entry word points at. */
 export function entryHostOffset(hi: number, lo: number): number {
-  return (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+  return (hi & HOST_OFFSET_HI_MASK) * TWO_32 + ((lo & HOST_OFFSET_LO_MASK) >>> 0);
 }
 
 /** Encodes a host offset into an L1/L2 entry word. */
 export function encodeHostOffset(hostOffset: number): { hi: number; lo: number } {
-  return { hi: Math.floor(hostOffset / TWO_32) & 0x00ffffff, lo: (hostOffset >>> 0) & 0xfffffe00 };
+  return { hi: Math.floor(hostOffset / TWO_32) & HOST_OFFSET_HI_MASK, lo: (hostOffset >>> 0) & HOST_OFFSET_LO_MASK };
+}
+
+/**
+ * Writes the first word of an L1 entry, or of an L2 entry for an allocated cluster with no other flag, at byte
+ * `at` of a table: `hostOffset` (cluster aligned) and the COPIED flag.
+ */
+export function setTableEntry(view: DataView, at: number, hostOffset: number, copied: boolean): void {
+  view.setUint32(at, ((copied ? COPIED_HI : 0) | Math.floor(hostOffset / TWO_32)) >>> 0);
+  view.setUint32(at + 4, hostOffset >>> 0);
+}
+
+/** The high half of an entry with its COPIED flag set or cleared. */
+export function withCopied(hi: number, copied: boolean): number {
+  return (copied ? hi | COPIED_HI : hi & ~COPIED_HI) >>> 0;
 }
 
 /** A decoded L1 entry: the L2 table offset and the COPIED flag. */
@@ -40,9 +64,9 @@ export function encodeL1Entry(entry: L1Entry): { hi: number; lo: number } {
   return { hi: (hi | (entry.copied ? COPIED_HI : 0)) >>> 0, lo: lo >>> 0 };
 }
 
-/** Reserved bits of an L1 entry (1..8, 56..62) that must be zero. */
+/** Whether any reserved bit of an L1 entry (0..8, 56..62) is set. */
 export function l1ReservedBits(hi: number, lo: number): boolean {
-  return (lo & 0x1fe) !== 0 || (hi & 0x7f000000) !== 0;
+  return (lo & L1_RESERVED_LO) !== 0 || (hi & L1_RESERVED_HI) !== 0;
 }
 
 /** A decoded L2 entry: normal, zero or compressed, with host offset and flags. */
@@ -87,9 +111,9 @@ export function encodeL2Entry(entry: L2Entry, clusterBits: number): { hi: number
   }
 }
 
-/** Reserved bits of a standard L2 entry (1..8, 56..61) that must be zero. */
+/** Whether any reserved bit of a standard L2 entry (1..8, 56..61) is set. */
 export function l2ReservedBits(hi: number, lo: number): boolean {
-  return (lo & 0x1fe) !== 0 || (hi & 0x3f000000) !== 0;
+  return (lo & L2_RESERVED_LO) !== 0 || (hi & L2_RESERVED_HI) !== 0;
 }
 
 /**
@@ -98,12 +122,28 @@ export function l2ReservedBits(hi: number, lo: number): boolean {
  * of hi; the sector count sits in hi only.
  */
 export function decodeCompressedDescriptor(hi: number, lo: number, clusterBits: number): { hostOffset: number; additionalSectors: number } {
-  const offsetBitsInHi = 62 - (clusterBits - 8) - 32;
-  const hiOffset = hi & ((1 << offsetBitsInHi) - 1);
+  const hiOffset = compressedOffsetHigh(hi, clusterBits);
   if (hiOffset > 0x1fffff) throw new Qcow2Error('BAD_L2_ENTRY', 'compressed cluster offset is larger than 2^53');
   const hostOffset = hiOffset * TWO_32 + (lo >>> 0);
-  const additionalSectors = (hi & 0x3fffffff) >>> offsetBitsInHi;
-  return { hostOffset, additionalSectors };
+  return { hostOffset, additionalSectors: compressedAdditionalSectors(hi, clusterBits) };
+}
+
+/** Bits of the compressed descriptor's host offset that sit in the high half (49..61 - 32). */
+function compressedOffsetBitsInHi(clusterBits: number): number {
+  return 62 - (clusterBits - 8) - 32;
+}
+
+/**
+ * Bits 32 and up of a compressed cluster's host offset, as stored: above 0x1fffff the offset exceeds 2^53 (a
+ * hostile entry; decodeCompressedDescriptor refuses it, check reports it).
+ */
+export function compressedOffsetHigh(hi: number, clusterBits: number): number {
+  return hi & ((1 << compressedOffsetBitsInHi(clusterBits)) - 1);
+}
+
+/** The number of 512-byte sectors a compressed stream occupies beyond its first. */
+export function compressedAdditionalSectors(hi: number, clusterBits: number): number {
+  return (hi & 0x3fffffff) >>> compressedOffsetBitsInHi(clusterBits);
 }
 
 /** Encodes the compressed cluster descriptor (host offset and sector count) of an L2 entry. */
@@ -122,12 +162,55 @@ export function compressedSpan(hostOffset: number, additionalSectors: number): n
 }
 
 /**
+ * The host clusters a compressed stream's sectors touch, [first, first + count): the clusters its entry holds
+ * one reference to each (qemu counts, and frees, a compressed cluster on every host cluster it touches).
+ */
+export function compressedHostClusters(hostOffset: number, additionalSectors: number, clusterSize: number): { first: number; count: number } {
+  const first = Math.floor(hostOffset / clusterSize);
+  const last = Math.floor((hostOffset + compressedSpan(hostOffset, additionalSectors) - 1) / clusterSize);
+  return { first, count: last - first + 1 };
+}
+
+/**
+ * The host clusters of the image file an L2 entry holds one reference to each, [first, first + count): every
+ * cluster a compressed stream touches, or the data cluster (a preallocated zero cluster too). Undefined for an
+ * unallocated entry, and for data in an external data file (its clusters are not counted in this file).
+ */
+export function l2EntryClusters(hi: number, lo: number, clusterBits: number, externalDataFile: boolean): { first: number; count: number } | undefined {
+  if ((hi & COMPRESSED_HI) !== 0) {
+    const { hostOffset, additionalSectors } = decodeCompressedDescriptor(hi, lo, clusterBits);
+    return compressedHostClusters(hostOffset, additionalSectors, 2 ** clusterBits);
+  }
+  if (externalDataFile) return undefined;
+  const host = entryHostOffset(hi, lo);
+  return host === 0 ? undefined : { first: host / 2 ** clusterBits, count: 1 };
+}
+
+/**
  * The second word of an extended L2 entry: bits 0..31 "subcluster allocated", bits 32..63 "subcluster reads as
  * zeros". As halves: lo = allocation bitmap, hi = zero bitmap.
  */
 export interface SubclusterBitmap {
   allocated: number;
   zero: number;
+}
+
+/** Byte offsets, in a 16-byte extended L2 entry, of its bitmaps: "reads as zeros" (bits 32..63) and "allocated" (0..31). */
+export const ZERO_BITMAP_AT = 8;
+export const ALLOC_BITMAP_AT = 12;
+/** A subcluster bitmap with every subcluster of the cluster. */
+export const ALL_SUBCLUSTERS = 0xffffffff;
+
+/** The bitmap of subclusters first..last (inclusive, 0..31). */
+export function subclusterRange(first: number, last: number): number {
+  const width = last - first + 1;
+  return width === 32 ? ALL_SUBCLUSTERS : (((1 << width) - 1) << first) >>> 0;
+}
+
+/** Writes both subcluster bitmaps of the extended L2 entry at byte `at`. */
+export function setSubclusterBitmaps(view: DataView, at: number, zero: number, allocated: number): void {
+  view.setUint32(at + ZERO_BITMAP_AT, zero >>> 0);
+  view.setUint32(at + ALLOC_BITMAP_AT, allocated >>> 0);
 }
 
 /** Decodes the subcluster allocation bitmap of an extended L2 entry. */

@@ -5,7 +5,7 @@ import { Qcow2Error } from '../errors.js';
 import { decodeHeader, encodeHeader } from '../format/header.js';
 import { maxRefcount, refcountEntriesPerBlock, setRefcount } from '../format/refcount-block.js';
 import { viewOf, writeU64 } from '../format/struct.js';
-import { COPIED_HI, encodeCompressedDescriptor } from '../format/table-entries.js';
+import { ALLOC_BITMAP_AT, ALL_SUBCLUSTERS, encodeCompressedDescriptor, setTableEntry } from '../format/table-entries.js';
 import { MemoryStorage } from '../io/memory-storage.js';
 import type { Storage } from '../io/storage.js';
 import { alignedDataRanges } from './aligned-ranges.js';
@@ -103,7 +103,7 @@ export async function convertToQcow2Stream(source: BlockDevice, sink: ByteSink, 
     let next = layout.l2TablesOffset;
     for (let i = 0; i < l1Entries; i++) {
       if (l2Used[i] === 0) continue;
-      writeTableEntry(viewOf(l1), i * 8, next);
+      setTableEntry(viewOf(l1), i * 8, next, true);
       next += clusterSize;
     }
     await emit(sink, l1, progress);
@@ -264,9 +264,9 @@ async function emitL2Tables(
         view.setUint32(at, hi);
         view.setUint32(at + 4, lo);
       } else {
-        writeTableEntry(view, at, host);
+        setTableEntry(view, at, host, true);
         // Extended L2: every subcluster of the cluster is allocated.
-        if (l2EntryBytes === 16) view.setUint32(at + 12, 0xffffffff);
+        if (l2EntryBytes === 16) view.setUint32(at + ALLOC_BITMAP_AT, ALL_SUBCLUSTERS);
       }
     }
   }
@@ -313,11 +313,6 @@ async function copyScratch(data: Storage, sink: ByteSink, length: number, progre
     part.fill(0, n); // the last stream's sector ends in zeros
     await emit(sink, part, progress);
   }
-}
-
-function writeTableEntry(view: DataView, at: number, hostOffset: number): void {
-  view.setUint32(at, (COPIED_HI | Math.floor(hostOffset / 0x100000000)) >>> 0);
-  view.setUint32(at + 4, hostOffset >>> 0);
 }
 
 function padded(data: Uint8Array, size: number): Uint8Array {
