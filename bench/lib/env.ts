@@ -34,7 +34,7 @@ export function describeEnvironment(repoRoot: string): Environment {
   const cpu = cpus();
   const gitHead = firstLine(['git', 'rev-parse', '--short', 'HEAD'], repoRoot);
   const dirty = spawnSync('git', ['status', '--porcelain', '--', 'packages'], { cwd: repoRoot, encoding: 'utf8' }).stdout?.split('\n').filter(Boolean).length ?? 0;
-  const addon = existsSync(join(repoRoot, 'packages/qcow2/native/build/Release/seek_hole.node')) ? 'built' : 'not built';
+  const addon = existsSync(join(repoRoot, 'packages/qcow2/native/build/Release/qcowkit_native.node')) ? 'built' : 'not built';
   const lines = [
     `node ${process.version}; ${firstLine(['qemu-img', '--version'])}`,
     `Linux ${release()}; ${cpu.length} × ${cpu[0]?.model ?? 'unknown CPU'}; ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM`,

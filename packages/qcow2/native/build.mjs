@@ -1,29 +1,41 @@
 #!/usr/bin/env node
-// Builds the optional seek_hole addon (lseek SEEK_DATA/SEEK_HOLE) into native/build/Release/seek_hole.node.
+// Builds the native helper (qcowkit_native: SEEK_DATA/SEEK_HOLE, OFD image locks, copy_file_range) from source
+// into native/build/Release/qcowkit_native.node.
 //
-// Run from the root `prepare` script (so `npm ci` / `npm install` build it) or by hand:
-//   node packages/qcow2/native/build.mjs
+// Run from the root `prepare` script (so `npm ci` / `npm install` in the repository build it) or by hand:
+//   node packages/qcow2/native/build.mjs              # build/Release/qcowkit_native.node (preferred by the loader)
+//   node packages/qcow2/native/build.mjs --prebuilt   # the same, then copied to prebuilt/<platform>-<arch>/
 //
-// It NEVER fails the install: on any problem it prints one warning line and exits 0; the engine then reports
-// every byte of a raw file as data (the pure fallback). Set QCOWKIT_SKIP_NATIVE=1 to skip the build.
+// The package ships a prebuilt linux-x64 copy (prebuilt/linux-x64/qcowkit_native.node), so an install from the
+// registry needs no compiler; the loader (src/node/native-addon.ts) takes a fresh build first, else the prebuilt
+// copy for the platform, else the pure fallback. Rebuild the prebuilt copy on Debian 12 (glibc 2.36) or older with
+// Node 20 (`--prebuilt`; it prints the glibc symbol versions the result needs) and commit it.
+//
+// It NEVER fails the install: on any problem it prints one warning line and exits 0 (the prebuilt copy or the
+// pure fallback then serves). Set QCOWKIT_SKIP_NATIVE=1 to skip the build.
 //
 // It uses the node-gyp bundled with npm and builds against the headers installed next to node (nodedir), so
 // nothing is downloaded. npm does not build this on its own: its implicit `node-gyp rebuild` only fires for a
 // package whose root holds binding.gyp, and ours lives in packages/qcow2/native/.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const output = join(here, 'build', 'Release', 'seek_hole.node');
+const output = join(here, 'build', 'Release', 'qcowkit_native.node');
+const prebuiltDir = join(here, 'prebuilt', `${process.platform}-${process.arch}`);
+const wantPrebuilt = process.argv.includes('--prebuilt');
+// Must match QCOWKIT_NATIVE_ABI in qcowkit-native.c and NATIVE_ABI in src/node/native-addon.ts.
+const ABI = 2;
+const FUNCTIONS = ['seekData', 'seekHole', 'ofdSetLock', 'ofdGetLock', 'copyFileRange', 'copyFileRangeAsync'];
 const logFile = join(here, 'build', 'node-gyp.log');
 const TIMEOUT_MS = 5 * 60 * 1000;
 
 function warn(reason) {
-  console.warn(`qcowkit: native sparse-file addon not built (${reason}); raw holes will be reported as data`);
-  process.exit(0);
+  console.warn(`qcowkit: native helper not built from source (${reason}); the prebuilt copy or the pure fallback will serve`);
+  process.exit(wantPrebuilt ? 1 : 0);
 }
 
 /** npm's own node-gyp: from the npm running us, else from the global npm (next to this node, or `npm prefix -g`). */
@@ -67,7 +79,7 @@ function findNodeDir() {
 
 try {
   if (process.env.QCOWKIT_SKIP_NATIVE) warn('QCOWKIT_SKIP_NATIVE is set');
-  if (process.platform === 'win32') warn('Windows has no SEEK_DATA/SEEK_HOLE');
+  if (process.platform === 'win32') warn('Windows has none of its system calls');
 
   const nodeGyp = findNodeGyp();
   if (!nodeGyp) warn("npm's node-gyp was not found");
@@ -95,9 +107,17 @@ try {
 
   // Prove it loads and answers before leaving it for the engine.
   const addon = createRequire(import.meta.url)(output);
-  if (typeof addon.seekData !== 'function' || typeof addon.seekHole !== 'function') {
+  const missing = FUNCTIONS.filter((name) => typeof addon[name] !== 'function');
+  if (missing.length > 0 || addon.abi !== ABI) {
     rmSync(output, { force: true });
-    warn('built addon lacks seekData/seekHole');
+    warn(`built addon lacks ${missing.join(', ') || `abi ${ABI}`}`);
+  }
+  if (wantPrebuilt) {
+    mkdirSync(prebuiltDir, { recursive: true });
+    copyFileSync(output, join(prebuiltDir, 'qcowkit_native.node'));
+    const symbols = spawnSync('objdump', ['-T', output], { encoding: 'utf8' });
+    const versions = [...new Set((symbols.stdout ?? '').match(/GLIBC_[0-9.]+/g) ?? [])].sort();
+    console.log(`prebuilt: ${join(prebuiltDir, 'qcowkit_native.node')} (needs ${versions.join(' ') || 'no versioned glibc symbols / objdump missing'})`);
   }
 } catch (error) {
   rmSync(output, { force: true });

@@ -30,6 +30,8 @@ export type Qcow2ErrorCode =
   | 'OUT_OF_RANGE'
   | 'READ_ONLY'
   | 'IO_ERROR'
+  /** Another process (a running qemu) uses the image in a way this open cannot share: qemu's image locks. */
+  | 'IMAGE_LOCKED'
   | 'UNKNOWN_FORMAT'
   | 'RANGE_NOT_SUPPORTED'
   | 'TIMEOUT'

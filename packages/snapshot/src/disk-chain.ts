@@ -39,14 +39,16 @@ export function layerPath(layer: DiskLayer): string {
 /**
  * Opens `layers` (top-down: the image the guest writes to, then its backing files) as one read-only device.
  * `complete`: the list states the whole chain (a running domain's XML); otherwise images below the listed ones
- * are followed from the headers.
+ * are followed from the headers. Locked as qemu-img locks what it reads, so the image a running guest writes is
+ * refused, and its backing files (which the guest only reads) are not; `forceShare` (qemu-img -U, as nova looks
+ * at a running guest's disks) reads even the guest's active image, for metadata that may be stale at once.
  */
-export async function openChain(layers: readonly DiskLayer[], complete: boolean): Promise<BlockDevice> {
+export async function openChain(layers: readonly DiskLayer[], complete: boolean, options: { forceShare?: boolean } = {}): Promise<BlockDevice> {
   if (layers.length === 0) throw new SnapshotError('NO_SUCH_DISK', 'the disk has no image');
-  return openLayer([...layers], complete, 0, new Set());
+  return openLayer([...layers], complete, 0, new Set(), options.forceShare === true);
 }
 
-async function openLayer(layers: DiskLayer[], complete: boolean, index: number, seen: Set<string>): Promise<BlockDevice> {
+async function openLayer(layers: DiskLayer[], complete: boolean, index: number, seen: Set<string>, forceShare: boolean): Promise<BlockDevice> {
   const layer = layers[index]!;
   const path = layerPath(layer);
   const format = layerFormat(layer);
@@ -60,7 +62,7 @@ async function openLayer(layers: DiskLayer[], complete: boolean, index: number, 
     if (reference.kind === 'data-file' && expectedDataFile !== undefined && (await canonical(reference.resolved)) === expectedDataFile) return;
     throw new SnapshotError('CHAIN_MISMATCH', `${reference.from}: names ${reference.kind === 'data-file' ? 'data file' : 'backing file'} '${reference.name}', which the domain XML does not`);
   };
-  const device = await openImageFile(path, { format, openBacking: false, gate });
+  const device = await openImageFile(path, { format, openBacking: false, gate, ...(forceShare ? { forceShare } : {}) });
   try {
     const below = layers[index + 1];
     if (!(device instanceof Qcow2Device)) {
@@ -93,7 +95,7 @@ async function openLayer(layers: DiskLayer[], complete: boolean, index: number, 
         layers[index + 1] = { ...below, format: headerFormat };
       }
     }
-    const backing = await openLayer(layers, complete, index + 1, seen);
+    const backing = await openLayer(layers, complete, index + 1, seen, forceShare);
     return new Qcow2Device(device.filename, device.image, backing);
   } catch (error) {
     await device.close().catch(() => {});

@@ -23,7 +23,8 @@ export async function describeDisks(hypervisor: Hypervisor, domain: string, opti
       continue;
     }
     try {
-      const device = await openChain(disk.chain, false);
+      // Metadata only, as `qemu-img info -U` (a guest may have started meanwhile).
+      const device = await openChain(disk.chain, false, { forceShare: true });
       try {
         const layers = chainLayers(device).map((layer, i) => ({ ...layer, type: disk.chain[i]?.type ?? layer.type }));
         out.push({ ...disk, chain: layers, chainComplete: true });

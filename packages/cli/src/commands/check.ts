@@ -1,12 +1,12 @@
 import type { Command } from 'commander';
-import { checkStorage, Qcow2Device, Qcow2Error, repairStorage, type CheckMessage, type CheckReport, type RepairMode, type Storage } from '@qcowkit/qcow2/engine';
+import { checkStorage, layerPermissions, Qcow2Device, Qcow2Error, repairStorage, type CheckMessage, type CheckReport, type RepairMode, type Storage } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles, openImageFile } from '@qcowkit/qcow2/node';
 import { BufferedOutput } from '../output/buffered-output.js';
 import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat, type OutputFormat } from '../output/output-format.js';
 import { checkFormatDevice } from './check-format.js';
-import { parseFormatFlag, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, parseFormatFlag, refuseForceShareForWriting, withDevice } from './open.js';
 
 interface CheckFlags {
   format?: string;
@@ -145,9 +145,11 @@ function checkReadsPast(error: unknown): boolean {
   );
 }
 
-async function withFile<T>(filename: string, writable: boolean, body: (storage: Storage) => Promise<T>): Promise<T> {
+async function withFile<T>(filename: string, writable: boolean, forceShare: boolean, body: (storage: Storage) => Promise<T>): Promise<T> {
   const storage = await nodeHostFiles.open(filename, { writable });
   try {
+    // Locked as qemu-img check locks the image: a reader, or a writer with -r.
+    await storage.setPermissions?.(layerPermissions('qcow2', 'top', { write: writable, forceShare }));
     return await body(storage);
   } finally {
     messages.flush();
@@ -170,14 +172,20 @@ export function registerCheck(program: Command): void {
     .option('--output <fmt>', 'human or json', 'human')
     .option('-r, --repair <mode>', "repair inconsistencies: 'leaks' (leaked clusters only) or 'all'")
     .option('-q, --quiet', 'quiet mode')
-    .option('-U, --force-share', 'open the image even if in use (always: qcowkit takes no locks)')
+    .option(...FORCE_SHARE_OPTION)
     .action(async (filename: string, opts: CheckFlags) => {
       const output = parseOutputFormat(opts.output);
       const mode = parseRepairMode(opts.repair);
       const format = parseFormatFlag(opts.format);
       const quiet = opts.quiet === true;
+      const forceShare = opts.forceShare === true;
+      if (mode !== undefined) refuseForceShareForWriting(opts, filename);
       try {
-        const device = await openImageFile(filename, format === undefined ? {} : { format });
+        const device = await openImageFile(filename, {
+          ...(format === undefined ? {} : { format }),
+          ...(forceShare ? { forceShare } : {}),
+          ...(mode === undefined ? {} : { lockWrite: true }),
+        });
         if (!(device instanceof Qcow2Device)) {
           const report = await withDevice(device, () => checkFormatDevice(device, filename, mode !== undefined, (line) => process.stderr.write(`${line}\n`)));
           process.exitCode = finish(report, filename, output, quiet);
@@ -188,11 +196,11 @@ export function registerCheck(program: Command): void {
         if (!checkReadsPast(error)) throw error;
       }
       if (mode === undefined) {
-        const report = await withFile(filename, false, (storage) => checkStorage(storage, { onMessage: printMessage }));
+        const report = await withFile(filename, false, forceShare, (storage) => checkStorage(storage, { onMessage: printMessage }));
         process.exitCode = finish(report, filename, output, quiet);
         return;
       }
-      const { repair, recheck } = await withFile(filename, true, (storage) => repairStorage(storage, mode, { onMessage: printMessage }));
+      const { repair, recheck } = await withFile(filename, true, false, (storage) => repairStorage(storage, mode, { onMessage: printMessage }));
       if (repair.failure !== undefined || recheck === undefined) {
         process.exitCode = finish(repair, filename, output, quiet);
         return;

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { compareDevices } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
-import { openForReading, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, openForReading, withDevice } from './open.js';
 
 /** qemu-img compare: exit 0 identical, 1 different, 2 on errors (opening, reading). */
 export function registerCompare(program: Command): void {
@@ -15,16 +15,16 @@ export function registerCompare(program: Command): void {
     .option('-F, --second-format <fmt>', 'format of the second image')
     .option('-s, --strict', 'strict mode: sizes and allocation must match too')
     .option('-q, --quiet', 'quiet mode')
-    .option('-U, --force-share', 'open the images even if in use (always: qcowkit takes no locks)')
+    .option(...FORCE_SHARE_OPTION)
     .option('--untrusted', 'refuse backing and data file references');
   addProgressOptions(command).action(
-    async (filename1: string, filename2: string, opts: ProgressFlags & { format?: string; secondFormat?: string; strict?: boolean; untrusted?: boolean }) => {
+    async (filename1: string, filename2: string, opts: ProgressFlags & { format?: string; secondFormat?: string; strict?: boolean; untrusted?: boolean; forceShare?: boolean }) => {
       const say = (line: string): void => {
         if (!opts.quiet) process.stdout.write(`${line}\n`);
       };
       const open = async (name: string, format: string | undefined) => {
         try {
-          return await openForReading(name, { ...(format === undefined ? {} : { format }), ...(opts.untrusted ? { untrusted: true } : {}) });
+          return await openForReading(name, { ...(format === undefined ? {} : { format }), ...(opts.untrusted ? { untrusted: true } : {}), ...(opts.forceShare ? { forceShare: true } : {}) });
         } catch (error) {
           throw new CommandError(`Could not open '${name}': ${(error as Error).message}`, 2, name);
         }

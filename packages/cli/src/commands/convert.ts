@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { ConcatDevice, Qcow2Device, clearQcow2Target, clearRawTarget, convertToQcow2, convertToRaw, createQcow2, type BlockDevice } from '@qcowkit/qcow2/engine';
+import { ConcatDevice, Qcow2Device, clearQcow2Target, clearRawTarget, convertToQcow2, convertToRaw, createQcow2, layerPermissions, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { parseImageOptions } from '../output/image-options.js';
@@ -7,7 +7,7 @@ import { addProgressOptions, progressReporter, type ProgressFlags } from '../out
 import { convertCopySettings, salvaged, type ConvertCopyFlags, type ConvertCopySettings } from './convert-flags.js';
 import { checkBitmapCopy, copyBitmaps, type ConvertBitmapFlags } from './convert-bitmaps.js';
 import { PIPE, checkPipeOutput, convertToStdout, spoolStandardInput } from './convert-pipe.js';
-import { openForReading, parseFormatFlag, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, openForReading, parseFormatFlag, withDevice } from './open.js';
 import { convertIntoCloudFormat } from './convert-cloud.js';
 import { isCloudFormat } from '../output/cloud-image-options.js';
 
@@ -22,6 +22,7 @@ interface ConvertFlags extends ProgressFlags, ConvertCopyFlags, ConvertBitmapFla
   backingFile?: string;
   backingFormat?: string;
   untrusted?: boolean;
+  forceShare?: boolean;
 }
 
 /** -l takes "snapshot.name=NAME", "snapshot.id=ID" or a bare id-or-name, like qemu-img. */
@@ -39,6 +40,9 @@ async function snapshotView(device: BlockDevice, selector: string, filename: str
   if (snapshot === undefined) throw new CommandError(`Failed to load snapshot: Can't find snapshot`, 1, filename);
   return device.snapshotView(snapshot);
 }
+
+/** What qemu-img convert holds on a raw target while writing it: read and write, sharing everything. */
+const RAW_TARGET = layerPermissions('raw', 'top', { write: true });
 
 async function convertIntoQcow2(
   source: BlockDevice,
@@ -113,7 +117,7 @@ export function registerConvert(program: Command): void {
     .option('-q, --quiet', 'quiet mode')
     .option('-t, --cache <mode>', "output cache mode: 'unsafe' (default, as qemu-img convert: no fsync) or writeback/writethrough/none/directsync (fsync at the end)", 'unsafe')
     .option('-T, --source-cache <mode>', 'source cache mode (accepted for compatibility; reads are always through the page cache)')
-    .option('-U, --force-share', 'open the source even if in use (always: qcowkit takes no locks)')
+    .option(FORCE_SHARE_OPTION[0], 'open the sources even if another process (a running guest) writes them')
     .option('--untrusted', 'refuse backing and data file references of the source');
   addProgressOptions(command).action(async (filenames: string[], flags: ConvertFlags & { create?: boolean }) => {
     if (filenames.length < 2) throw new CommandError('Expecting one image file name and an output file name');
@@ -133,7 +137,7 @@ export function registerConvert(program: Command): void {
     if (sources.includes(PIPE) && sources.length > 1) throw new CommandError('standard input (-) can only be the one source');
     const opened: BlockDevice[] = [];
     try {
-      for (const name of sources) opened.push(name === PIPE ? await spoolStandardInput(flags.format) : await openForReading(name, flags));
+      for (const name of sources) opened.push(name === PIPE ? await spoolStandardInput(flags.format) : await openForReading(name, { ...flags, refuseWriters: true }));
     } catch (error) {
       for (const device of opened) await device.close();
       throw error;
@@ -162,8 +166,10 @@ export function registerConvert(program: Command): void {
         await convertIntoCloudFormat(view, outputFilename, outputFormat, { ...flags, settings, flush: cacheMode(flags) === 'writeback' }, progress.update);
       } else {
         if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');
-        const target = await FileStorage.open(outputFilename, flags.noCreate ? { writable: true } : { create: true });
+        // Created under qemu's create locks, then held as qemu-img convert holds a raw target (read, write).
+        const target = await FileStorage.open(outputFilename, flags.noCreate ? { writable: true, permissions: RAW_TARGET } : { create: true });
         try {
+          await target.setPermissions(RAW_TARGET);
           if (flags.noCreate && (await target.size()) < view.size) throw new CommandError('output file is smaller than input file');
           if (settings.clearTarget) await clearRawTarget(target, view.size);
           await convertToRaw(view, target, {

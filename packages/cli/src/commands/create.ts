@@ -19,7 +19,8 @@ interface CreateFlags {
 
 /** Size of the image a new overlay sits on: its backing file's virtual size (qemu-img create -b without SIZE). */
 async function backingSize(filename: string, backing: string, format: string): Promise<number> {
-  const device = await openImageFile(combinePath(filename, backing), { format: parseFormatFlag(format) ?? 'raw' });
+  // qemu-img create reads the backing file's size without locking it (a running guest may use it).
+  const device = await openImageFile(combinePath(filename, backing), { format: parseFormatFlag(format) ?? 'raw', forceShare: true });
   try {
     return device.size;
   } finally {

@@ -4,12 +4,13 @@ import { FileStorage, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
 import { cvtnum } from '../output/sizes.js';
-import { openForReading, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, openForReading, withDevice } from './open.js';
 
 interface DdFlags extends ProgressFlags {
   format?: string;
   outputFormat?: string;
   untrusted?: boolean;
+  forceShare?: boolean;
 }
 
 interface DdOperands extends DdOptions {
@@ -65,7 +66,7 @@ export function registerDd(program: Command): void {
     .argument('<operands...>', 'if=INPUT of=OUTPUT [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS]')
     .option('-f, --format <fmt>', 'input format (probed when absent)')
     .option('-O, --output-format <fmt>', 'output format: raw (default) or qcow2', 'raw')
-    .option('-U, --force-share', 'open the input even if in use (always: qcowkit takes no locks)')
+    .option(FORCE_SHARE_OPTION[0], 'open the input even if another process (a running guest) writes it')
     .option('--untrusted', 'refuse backing and data file references of the input');
   addProgressOptions(command).action(async (operands: string[], flags: DdFlags) => {
     const dd = parseOperands(operands);

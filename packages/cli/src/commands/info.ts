@@ -4,7 +4,7 @@ import { nodeHostFiles } from '@qcowkit/qcow2/node';
 import { formatImageInfo, formatImageInfoList } from '../output/info-human.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat } from '../output/output-format.js';
-import { parseFormatFlag, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, parseFormatFlag, withDevice } from './open.js';
 
 interface InfoFlags {
   format?: string;
@@ -30,7 +30,7 @@ export function registerInfo(program: Command): void {
     .option('-f, --format <fmt>', 'image format (probed when absent)')
     .option('--output <fmt>', 'human or json', 'human')
     .option('--backing-chain', 'also display the backing chain')
-    .option('-U, --force-share', 'open the image even if in use (always: qcowkit takes no locks)')
+    .option(...FORCE_SHARE_OPTION)
     .option('--untrusted', 'refuse to follow backing file references (with --backing-chain)')
     .action(async (filename: string, opts: InfoFlags) => {
       const output = parseOutputFormat(opts.output);
@@ -40,6 +40,7 @@ export function registerInfo(program: Command): void {
         ...(format === undefined ? {} : { format }),
         ...(opts.backingChain ? { backingChain: true } : {}),
         ...(opts.untrusted ? { gate: untrustedGate } : {}),
+        ...(opts.forceShare ? { forceShare: true } : {}),
       });
       await withDevice(device, async () => {
         let text: string;

@@ -3,7 +3,7 @@ import { Qcow2Device, Qcow2Error, isWritable, type BlockDevice, type WritableBlo
 import { clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { IoCommandError, parseIoCommand, type IoCommand } from './io-parse.js';
-import { parseFormatFlag, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, parseFormatFlag, refuseForceShareForWriting, withDevice } from './open.js';
 
 /**
  * qcowkit io: a subset of qemu-io (read, write, discard, flush; see io-parse.ts for the language). Like qemu-io,
@@ -126,7 +126,8 @@ export function registerIo(program: Command): void {
     .option('-f, --format <fmt>', 'image format')
     .option('-c, --cmd <command>', 'command to run (repeatable)', (value: string, previous: string[]) => [...previous, value], [] as string[])
     .option('-r, --read-only', 'open the image read-only')
-    .action(async (filename: string, flags: { format?: string; cmd: string[]; readOnly?: boolean }) => {
+    .option(FORCE_SHARE_OPTION[0], 'with only reads: read even if another process (a running guest) writes the image')
+    .action(async (filename: string, flags: { format?: string; cmd: string[]; readOnly?: boolean; forceShare?: boolean }) => {
       // Like qemu-io, a command that does not parse is reported and skipped; the others still run.
       const commands: Array<IoCommand | IoCommandError> = flags.cmd.map((text) => {
         try {
@@ -138,8 +139,9 @@ export function registerIo(program: Command): void {
       });
       const needsWrite = commands.some((c) => !(c instanceof IoCommandError) && c.name !== 'read');
       if (needsWrite && flags.readOnly) throw new CommandError('image is opened read-only', 1, filename);
+      if (needsWrite) refuseForceShareForWriting(flags, filename);
       const format = parseFormatFlag(flags.format);
-      const device = await openImageFile(filename, { ...(format === undefined ? {} : { format }), writable: needsWrite });
+      const device = await openImageFile(filename, { ...(format === undefined ? {} : { format }), writable: needsWrite, ...(flags.forceShare ? { forceShare: true } : {}) });
       await withDevice(device, async () => {
         let ok = true;
         for (const command of commands) {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { mapImage, type MapEntry } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
-import { openForReading, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, openForReading, withDevice } from './open.js';
 import { BufferedOutput } from '../output/buffered-output.js';
 import { parseOutputFormat } from '../output/output-format.js';
 
@@ -25,9 +25,9 @@ export function registerMap(program: Command): void {
     .option('--output <fmt>', 'human or json', 'human')
     .option('--start-offset <offset>', 'first byte to map', '0')
     .option('--max-length <length>', 'bytes to map')
-    .option('-U, --force-share', 'open the image even if in use (always: qcowkit takes no locks)')
+    .option(...FORCE_SHARE_OPTION)
     .option('--untrusted', 'refuse backing and data file references (for images from untrusted sources)')
-    .action(async (filename: string, opts: { format?: string; output: string; startOffset: string; maxLength?: string; untrusted?: boolean }) => {
+    .action(async (filename: string, opts: { format?: string; output: string; startOffset: string; maxLength?: string; untrusted?: boolean; forceShare?: boolean }) => {
       const output = parseOutputFormat(opts.output);
       const device = await openForReading(filename, opts);
       await withDevice(device, async () => {

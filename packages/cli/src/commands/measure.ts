@@ -3,7 +3,7 @@ import { Qcow2Device, measureImage, measureNewImage, type BlockDevice, type Meas
 import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat } from '../output/output-format.js';
-import { openForReading, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, openForReading, withDevice } from './open.js';
 
 /**
  * qemu-img measure: the size a new image would need, for an empty disk (--size N) or for the contents of FILE.
@@ -20,6 +20,7 @@ interface MeasureFlags {
   snapshot?: string;
   size?: string;
   untrusted?: boolean;
+  forceShare?: boolean;
 }
 
 /** Formats qemu-img knows but cannot measure (only raw, qcow2 and luks measure in qemu). */
@@ -296,7 +297,7 @@ export function registerMeasure(program: Command): void {
     .option('-l, --snapshot-option <snapshot_param>', "measure FILE as it was at an internal snapshot: 'snapshot.id=ID,snapshot.name=NAME' or 'ID_OR_NAME'")
     .option('-s, --snapshot <id_or_name>', 'same as -l ID_OR_NAME (qcowkit extension)')
     .option('--size <size>', 'virtual size of an empty new disk (k, M, G, T, P, E suffixes)')
-    .option('-U, --force-share', 'open FILE even if in use (always: qcowkit takes no locks)')
+    .option(...FORCE_SHARE_OPTION)
     .option('--untrusted', 'refuse backing and data file references of FILE')
     .action(async (filenames: string[], flags: MeasureFlags) => {
       const output = parseOutputFormat(flags.output);

@@ -1,4 +1,4 @@
-import { untrustedGate, type BlockDevice, type ImageFormat } from '@qcowkit/qcow2/engine';
+import { FORCE_SHARE_WRITABLE_MESSAGE, untrustedGate, type BlockDevice, type ImageFormat } from '@qcowkit/qcow2/engine';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 
@@ -8,6 +8,18 @@ export interface ImageOpenFlags {
   untrusted?: boolean;
   /** Open without the backing chain (qemu-img -u style). */
   noBacking?: boolean;
+  /** -U: let others write the images meanwhile (qemu-img --force-share); no lock refuses the open. */
+  forceShare?: boolean;
+  /** Refuse other writers even on a raw image (qemu-img convert's sources). */
+  refuseWriters?: boolean;
+}
+
+/** The -U option as qemu-img words it. */
+export const FORCE_SHARE_OPTION = ['-U, --force-share', 'open the image even if another process (a running guest) writes it'] as const;
+
+/** qemu-img refuses -U for an image it opens for writing. */
+export function refuseForceShareForWriting(flags: { forceShare?: boolean }, filename: string): void {
+  if (flags.forceShare) throw new CommandError(`Could not open '${filename}': ${FORCE_SHARE_WRITABLE_MESSAGE}`, 1, filename);
 }
 
 const FORMATS: readonly string[] = ['raw', 'qcow2', 'vpc', 'vmdk', 'vhdx'] satisfies ImageFormat[];
@@ -25,6 +37,8 @@ export function openForReading(filename: string, flags: ImageOpenFlags): Promise
     ...(format === undefined ? {} : { format }),
     ...(flags.untrusted ? { gate: untrustedGate } : {}),
     ...(flags.noBacking ? { openBacking: false } : {}),
+    ...(flags.forceShare ? { forceShare: true } : {}),
+    ...(flags.refuseWriters ? { refuseWriters: true } : {}),
   });
 }
 

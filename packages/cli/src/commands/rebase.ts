@@ -3,7 +3,7 @@ import { rebaseImage } from '@qcowkit/qcow2/engine';
 import { nodeCodecs, nodeHostFiles } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
-import { parseFormatFlag } from './open.js';
+import { FORCE_SHARE_OPTION, parseFormatFlag } from './open.js';
 
 interface RebaseFlags extends ProgressFlags {
   format?: string;
@@ -11,6 +11,7 @@ interface RebaseFlags extends ProgressFlags {
   backingFormat?: string;
   unsafe?: boolean;
   quiet?: boolean;
+  forceShare?: boolean;
 }
 
 /**
@@ -31,7 +32,7 @@ export function registerRebase(program: Command): void {
     .option('-q, --quiet', 'quiet mode')
     .option('-t, --cache <mode>', 'cache mode (accepted for compatibility: FILE is flushed before its reference changes)')
     .option('-T, --source-cache <mode>', 'cache mode of the backing files (accepted for compatibility)')
-    .option('-U, --force-share', 'accepted for compatibility (qcowkit takes no locks)');
+    .option(FORCE_SHARE_OPTION[0], 'open the new backing file even if another process (a running guest) writes it');
   addProgressOptions(command).action(async (filename: string, flags: RebaseFlags) => {
     if (flags.backing === undefined && !flags.unsafe) {
       throw new CommandError('Must specify backing file (-b) or use unsafe mode (-u)');
@@ -46,6 +47,7 @@ export function registerRebase(program: Command): void {
       ...(format === undefined ? {} : { format }),
       ...(backingFormat === undefined ? {} : { backingFormat }),
       ...(flags.unsafe ? { unsafe: true } : {}),
+      ...(flags.forceShare ? { forceShare: true } : {}),
       onProgress: progress.update,
     });
     progress.finish();

@@ -18,7 +18,7 @@ export function registerResize(program: Command): void {
     .allowUnknownOption(false)
     .action(async (filename: string, sizeText: string, flags: { format?: string; shrink?: boolean; quiet?: boolean }) => {
       const format = parseFormatFlag(flags.format);
-      const device = await openImageFile(filename, { ...(format === undefined ? {} : { format }), writable: true, openBacking: true });
+      const device = await openImageFile(filename, { ...(format === undefined ? {} : { format }), writable: true, resize: true, openBacking: true });
       await withDevice(device, async () => {
         const sign = sizeText.startsWith('+') ? 1 : sizeText.startsWith('-') ? -1 : 0;
         const amount = parseSize(sign === 0 ? sizeText : sizeText.slice(1));

@@ -3,7 +3,7 @@ import { Qcow2Device, Qcow2Error, openImageForInfo, snapshotInfos, type BlockDev
 import { nodeHostFiles, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { formatSnapshotList } from '../output/info-human.js';
-import { parseFormatFlag, withDevice } from './open.js';
+import { FORCE_SHARE_OPTION, parseFormatFlag, refuseForceShareForWriting, withDevice } from './open.js';
 
 /**
  * qemu-img snapshot: one action per run, chosen by -l, -c, -a or -d (qemu refuses to mix them, or to give one
@@ -22,6 +22,8 @@ export interface SnapshotContext {
   filename: string;
   format: ImageFormat | undefined;
   quiet: boolean;
+  /** -U: allowed for -l (and no action) only, as in qemu-img. */
+  forceShare?: boolean;
 }
 
 interface SnapshotFlags {
@@ -35,11 +37,18 @@ interface SnapshotFlags {
 }
 
 function openMetadata(context: SnapshotContext): Promise<BlockDevice> {
-  return openImageForInfo(context.filename, { hostFiles: nodeHostFiles, ...(context.format === undefined ? {} : { format: context.format }) });
+  // qemu-img snapshot -l opens the image to read (not info's metadata-only open): it locks as a reader.
+  return openImageForInfo(context.filename, {
+    hostFiles: nodeHostFiles,
+    ...(context.format === undefined ? {} : { format: context.format }),
+    ...(context.forceShare ? { forceShare: true } : {}),
+    lockAsReader: true,
+  });
 }
 
 /** Opens the image for writing (its backing chain read-only) and runs `body` on it as qcow2. */
 async function withWritableQcow2(context: SnapshotContext, verb: string, name: string, body: (device: Qcow2Device) => Promise<unknown>): Promise<void> {
+  refuseForceShareForWriting(context, context.filename);
   const device = await openImageFile(context.filename, { ...(context.format === undefined ? {} : { format: context.format }), writable: true });
   await withDevice(device, async () => {
     if (!(device instanceof Qcow2Device)) throw new CommandError(`Could not ${verb} snapshot '${name}': -95 (Operation not supported)`);
@@ -120,9 +129,9 @@ export function registerSnapshot(program: Command): void {
     .option('-d, --delete <snapshot>', 'delete a snapshot', collect, [])
     .option('-f, --format <fmt>', 'image format (probed when absent)')
     .option('-q, --quiet', 'quiet mode')
-    .option('-U, --force-share', 'open the image even if in use (always: qcowkit takes no locks)')
+    .option(FORCE_SHARE_OPTION[0], 'with -l: list even if another process (a running guest) writes the image')
     .action(async (filename: string, opts: SnapshotFlags) => {
       const action = parseSnapshotAction(opts);
-      await runAction(action, { filename, format: parseFormatFlag(opts.format), quiet: opts.quiet === true });
+      await runAction(action, { filename, format: parseFormatFlag(opts.format), quiet: opts.quiet === true, forceShare: opts.forceShare === true });
     });
 }

@@ -42,6 +42,7 @@ export const errorCodes: Readonly<Record<Qcow2ErrorCode, string>> = {
   OUT_OF_RANGE: 'A read or write past the end of the virtual disk.',
   READ_ONLY: 'A write to an image (or storage) opened read-only, or to a snapshot view.',
   IO_ERROR: 'The host could not read or write a file (missing file, permission, an HTTP error status).',
+  IMAGE_LOCKED: 'Another process (a running qemu) holds the image in a way this open cannot share: qemu\'s image locks ("Failed to get \"write\" lock"); read-only opens can pass forceShare (-U).',
   UNKNOWN_FORMAT: 'A format the engine does not know (other than raw, qcow2, vpc, vmdk and vhdx) was asked for.',
   RANGE_NOT_SUPPORTED: 'An HTTP server answered a Range request with the whole file (200) or without Content-Range.',
   TIMEOUT: 'An HTTP request did not complete in time, after its retries.',

@@ -26,6 +26,12 @@ export interface OpenOptions {
   gate?: ReferenceGate;
   /** `'writeback'` (default): flush and close make writes durable; `'unsafe'`: metadata is written back, not synced. */
   cache?: 'writeback' | 'unsafe';
+  /**
+   * `qemu-img -U`: read even an image another process (a running guest) writes, without locking it against
+   * writers; what is read may be inconsistent. Only without `writable`. Default false: with the Node host the
+   * image is locked as qemu locks it, and an image in use is refused with `IMAGE_LOCKED`.
+   */
+  forceShare?: boolean;
 }
 
 /** Host files that answer `storage` for its own name and ask `host` for everything else. */
@@ -49,7 +55,8 @@ function filesWith(storage: Storage, host: Host | undefined): HostFiles {
  * @param options - The host, and how to open: see {@link OpenOptions}.
  * @returns The open image; close it with `close()` or `await using`.
  * @throws {@link Qcow2Error} `IO_ERROR` when the file cannot be opened, `BAD_MAGIC`…`BAD_L2_ENTRY` for an
- *   invalid image, `BACKING_NOT_FOUND`, `BACKING_LOOP`, `CHAIN_TOO_DEEP`, `UNTRUSTED_REFERENCE`, `ENCRYPTED`.
+ *   invalid image, `BACKING_NOT_FOUND`, `BACKING_LOOP`, `CHAIN_TOO_DEEP`, `UNTRUSTED_REFERENCE`, `ENCRYPTED`,
+ *   `IMAGE_LOCKED` when another process (a running qemu) holds an image of the chain (qemu's image locks).
  *
  * @example
  * ```ts
@@ -81,6 +88,7 @@ export async function open(source: string | Storage, options: OpenOptions = {}):
     ...(options.writable ? { writable: true } : {}),
     ...(options.backing === false ? { openBacking: false } : {}),
     ...(options.cache === undefined ? {} : { cache: options.cache }),
+    ...(options.forceShare ? { forceShare: true } : {}),
     ...(host?.codecs === undefined ? {} : { codecs: host.codecs }),
   });
   return new Image(device, host);

@@ -6,6 +6,7 @@ import { openFormatDevice } from '../formats/open-format.js';
 import { PROBE_BYTES, probeBytes } from '../formats/probe.js';
 import type { BlockDevice, ImageFormat } from './block-device.js';
 import type { HostFiles, ReferenceGate } from './host-files.js';
+import { FORCE_SHARE_WRITABLE_MESSAGE, layerPermissions, type ImageAccess } from './image-permissions.js';
 import { DEFAULT_MAX_CHAIN_DEPTH, trustingGate } from './open-policy.js';
 import { combinePath } from './paths.js';
 import { Qcow2Device } from './qcow2-device.js';
@@ -27,6 +28,31 @@ export interface OpenImageOptions {
   maxChainDepth?: number;
   codecs?: CompressionCodecs;
   l2CacheBytes?: number;
+  /**
+   * qemu-img -U: let other processes write and resize the images meanwhile (no consistency promised), so an
+   * image a running guest writes can be read. Refused with `writable`.
+   */
+  forceShare?: boolean;
+  /** Refuse other writers even on a raw top image, as qemu-img convert does for its sources. */
+  refuseWriters?: boolean;
+  /** Take the resize permission on a raw top image (qemu-img resize); writable qcow2 images always have it. */
+  resize?: boolean;
+  /**
+   * Take the write permission on the top image without opening it for writing: for an operation that writes it
+   * later through another open and must not find it taken then (qemu-img commit holds its image this way).
+   */
+  lockWrite?: boolean;
+}
+
+/** What the open of the layer at `depth` is for, in qemu's terms (see image-permissions.ts). */
+function layerAccess(options: OpenImageOptions, depth: number): ImageAccess {
+  const top = depth === 0;
+  return {
+    write: top && (options.writable === true || options.lockWrite === true),
+    resize: top && options.resize === true,
+    forceShare: options.forceShare === true,
+    refuseWriters: top && options.refuseWriters === true,
+  };
 }
 
 /** Probes a format from the first bytes, as qemu-img does (see probeBytes). */
@@ -50,6 +76,7 @@ export function parseFormat(name: string | undefined, from: string): ImageFormat
  * directory, every reference passes the gate first, and loops or over-deep chains are refused.
  */
 export async function openImage(filename: string, options: OpenImageOptions): Promise<BlockDevice> {
+  if (options.forceShare && (options.writable || options.lockWrite)) throw new Qcow2Error('BAD_ARGUMENT', FORCE_SHARE_WRITABLE_MESSAGE, { file: filename });
   const device = await openLayer(filename, options.format, options, [], 0);
   if (options.writable && device instanceof Qcow2Device) {
     device.cacheMode = options.cache ?? 'writeback';
@@ -82,6 +109,9 @@ async function openLayer(
   const storage = await options.hostFiles.open(filename, { writable });
   try {
     const actualFormat = format ?? (await probeFormat(storage));
+    // Locked once the format is known (it decides what is shared) and before any metadata is read, as qemu does.
+    const access = layerAccess(options, depth);
+    await storage.setPermissions?.(layerPermissions(actualFormat, depth === 0 ? 'top' : 'backing', access));
     if (actualFormat === 'raw') return await RawDevice.open(storage, filename);
     if (actualFormat !== 'qcow2') {
       return await openFormatDevice(actualFormat, storage, filename, {
@@ -98,7 +128,7 @@ async function openLayer(
         if (name === undefined) throw new Qcow2Error('DATA_FILE_NOT_FOUND', 'image needs an external data file but names none', { file: filename });
         const resolved = combinePath(filename, name);
         await gate({ kind: 'data-file', name, resolved, from: filename });
-        return openReferenced(options.hostFiles, resolved, writable, filename);
+        return openReferenced(options.hostFiles, resolved, writable, access, filename);
       },
     });
     let backing: BlockDevice | undefined;
@@ -138,10 +168,18 @@ async function openBackingLayer(
   }
 }
 
-async function openReferenced(hostFiles: HostFiles, resolved: string, writable: boolean, from: string): Promise<Storage> {
+async function openReferenced(hostFiles: HostFiles, resolved: string, writable: boolean, access: ImageAccess, from: string): Promise<Storage> {
+  let storage: Storage;
   try {
-    return await hostFiles.open(resolved, { writable });
+    storage = await hostFiles.open(resolved, { writable });
   } catch (error) {
     throw new Qcow2Error('DATA_FILE_NOT_FOUND', `could not open data file '${resolved}': ${(error as Error).message}`, { file: from, cause: error });
   }
+  try {
+    await storage.setPermissions?.(layerPermissions('raw', 'data-file', access));
+  } catch (error) {
+    await storage.close().catch(() => {});
+    throw error;
+  }
+  return storage;
 }

@@ -8,6 +8,8 @@
  */
 export { Qcow2Error, isQcow2Error, type Qcow2ErrorCode } from '../errors.js';
 export { readZeroPadded, type Storage, type StorageRegion } from '../io/storage.js';
+export * from '../io/permissions.js';
+export { layerPermissions, CREATE_PERMISSIONS, FORCE_SHARE_WRITABLE_MESSAGE, type ImageAccess, type LayerRole } from '../device/image-permissions.js';
 export { MemoryStorage } from '../io/memory-storage.js';
 export { Qcow2Image, type Qcow2ImageOptions } from '../engine/qcow2-image.js';
 export { decompressCluster, zstdFrameLength, type CompressionCodecs } from '../engine/compression.js';

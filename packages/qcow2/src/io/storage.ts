@@ -1,3 +1,5 @@
+import type { FilePermissions } from './permissions.js';
+
 /**
  * Storage: the only way the engine touches bytes. Files in Node, memory in tests and browsers, anything else a
  * host provides. Positional, so concurrent reads need no seek state.
@@ -27,6 +29,12 @@ export interface Storage {
    * the host can tell (SEEK_DATA/SEEK_HOLE). Regions cover the range in order.
    */
   dataRegions?(offset: number, length: number): Promise<StorageRegion[]>;
+  /**
+   * Takes `permissions` for as long as the storage is open, refusing (Qcow2Error IMAGE_LOCKED, nothing changed)
+   * when another process holds what they refuse to share or refuses what they take: qemu's image locking.
+   * Replaces the permissions set before. Storages other processes cannot reach (memory) have no such method.
+   */
+  setPermissions?(permissions: FilePermissions): Promise<void>;
 }
 
 /** A run of a storage's bytes that is either data or a hole (see `Storage.dataRegions`). */

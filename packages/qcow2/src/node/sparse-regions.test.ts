@@ -257,7 +257,7 @@ describe.runIf(sparseSupport() === 'native')('fileDataRegions (native SEEK_DATA/
 
 it('falls back to one data region without the addon', async () => {
   vi.resetModules();
-  process.env.QCOWKIT_NO_NATIVE = '1';
+  process.env.QCOWKIT_NATIVE = 'off';
   try {
     const fresh = await import('./file-storage.js');
     const sparse = await import('./sparse-regions.js');
@@ -273,7 +273,7 @@ it('falls back to one data region without the addon', async () => {
       await storage.close();
     }
   } finally {
-    delete process.env.QCOWKIT_NO_NATIVE;
+    delete process.env.QCOWKIT_NATIVE;
     vi.resetModules();
   }
 });

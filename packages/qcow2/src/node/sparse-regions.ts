@@ -1,17 +1,12 @@
 /**
- * Holes of sparse files through lseek(SEEK_DATA/SEEK_HOLE), which Node does not expose: a small optional
- * Node-API addon (packages/qcow2/native, built by native/build.mjs at install time) provides the two calls.
- * Without it, fileDataRegions returns undefined and callers treat every byte as data.
+ * Holes of sparse files through lseek(SEEK_DATA/SEEK_HOLE), which Node does not expose: the native helper
+ * (native-addon.ts) provides the two calls. Without it, fileDataRegions returns undefined and callers treat every
+ * byte as data.
  */
-import { createRequire } from 'node:module';
 import type { StorageRegion } from '../io/storage.js';
+import { nativeAddon, type NativeAddon } from './native-addon.js';
 
-interface SeekHoleAddon {
-  /** First data offset at or after `offset`, or -1 when only hole remains (ENXIO). Throws on other errors. */
-  seekData(fd: number, offset: number): number;
-  /** First hole offset at or after `offset` (end of file counts), or -1 (ENXIO). Throws on other errors. */
-  seekHole(fd: number, offset: number): number;
-}
+type SeekHoleAddon = Pick<NativeAddon, 'seekData' | 'seekHole'>;
 
 /**
  * Most regions one call returns. A file fragmented past this is walked only that far; the rest of the range is
@@ -20,23 +15,8 @@ interface SeekHoleAddon {
  */
 export const MAX_REGIONS = 65_536;
 
-// Relative to this module: src/node/sparse-regions.ts (vitest, tsx) and dist/node/sparse-regions.js (compiled)
-// both sit two levels below packages/qcow2, next to native/.
-const ADDON_PATH = '../../native/build/Release/seek_hole.node';
-
-let addon: SeekHoleAddon | null | undefined;
-
 function loadAddon(): SeekHoleAddon | null {
-  if (addon !== undefined) return addon;
-  addon = null;
-  if (process.env.QCOWKIT_NO_NATIVE) return addon;
-  try {
-    const loaded = createRequire(import.meta.url)(ADDON_PATH) as Partial<SeekHoleAddon>;
-    if (typeof loaded.seekData === 'function' && typeof loaded.seekHole === 'function') addon = loaded as SeekHoleAddon;
-  } catch {
-    // Not built (no compiler at install time, Windows, a bundle without native/): the pure fallback takes over.
-  }
-  return addon;
+  return nativeAddon();
 }
 
 /** Whether holes can be found: 'native' with the addon loaded, 'none' when everything reads as data. */

@@ -23,6 +23,7 @@
  */
 import { isWritable, type BlockDevice, type ImageFormat, type WritableBlockDevice } from '../device/block-device.js';
 import type { HostFiles, ReferenceGate } from '../device/host-files.js';
+import { layerPermissions } from '../device/image-permissions.js';
 import { openImage } from '../device/open-image.js';
 import { combinePath } from '../device/paths.js';
 import { Qcow2Device } from '../device/qcow2-device.js';
@@ -194,6 +195,7 @@ export async function emptyImageFile(filename: string, hostFiles: HostFiles): Pr
   const storage = await hostFiles.open(filename, { writable: true });
   let image: Qcow2Image | undefined;
   try {
+    await storage.setPermissions?.(layerPermissions('qcow2', 'top', { write: true }));
     image = await Qcow2Image.open(storage, { openDataFile: async (name) => unopenedDataFile(name ?? filename) });
     await makeEmpty(image);
   } finally {
@@ -208,7 +210,9 @@ export async function emptyImageFile(filename: string, hostFiles: HostFiles): Pr
  */
 export async function commitImage(filename: string, options: CommitOptions): Promise<CommitResult> {
   const open = { hostFiles: options.hostFiles, ...(options.gate === undefined ? {} : { gate: options.gate }), ...(options.codecs === undefined ? {} : { codecs: options.codecs }) };
-  const top = await openImage(filename, { ...open, ...(options.format === undefined ? {} : { format: options.format }) });
+  // Like qemu-img, the top image is held for writing from the start (it is emptied last), the base is taken for
+  // writing when its turn comes, and every image between stays locked for reading.
+  const top = await openImage(filename, { ...open, ...(options.format === undefined ? {} : { format: options.format }), lockWrite: true });
   const drop = options.drop === true || options.base !== undefined;
   let result: CommitResult;
   try {
@@ -227,7 +231,7 @@ export async function commitImage(filename: string, options: CommitOptions): Pro
       await probe.close();
     }
     const plan = await commitPlan(top, baseDepth);
-    const base = await openImage(baseLayer.filename, { ...open, format: baseLayer.format, writable: true, cache: 'writeback' });
+    const base = await openImage(baseLayer.filename, { ...open, format: baseLayer.format, writable: true, resize: true, cache: 'writeback' });
     try {
       if (!isWritable(base)) throw new Qcow2Error('READ_ONLY', 'base image could not be opened for writing', { file: baseLayer.filename });
       const { copiedBytes, zeroedBytes } = await commitIntoBase(top, base, plan, options.onProgress);

@@ -2,6 +2,7 @@ import { Qcow2Error } from '../errors.js';
 import type { BlockDevice, ImageFormat } from '../device/block-device.js';
 import type { HostFiles, ReferenceGate } from '../device/host-files.js';
 import { DEFAULT_MAX_CHAIN_DEPTH, trustingGate } from '../device/open-policy.js';
+import { layerPermissions, type ImageAccess } from '../device/image-permissions.js';
 import { parseFormat, probeFormat } from '../device/open-image.js';
 import { openFormatDevice } from '../formats/open-format.js';
 import { Qcow2Device } from '../device/qcow2-device.js';
@@ -380,6 +381,10 @@ export interface OpenForInfoOptions {
   /** Decides whether a backing reference may be followed (only consulted with backingChain). */
   gate?: ReferenceGate;
   maxChainDepth?: number;
+  /** qemu-img info -U: take no lock at all, so an image a running guest writes can be looked at. */
+  forceShare?: boolean;
+  /** Lock as a reader of guest data (qemu-img snapshot -l), not as info's metadata-only open. */
+  lockAsReader?: boolean;
 }
 
 /** Stands in for an external data file that a metadata-only view does not open. */
@@ -401,7 +406,7 @@ interface OpenedLayer {
 }
 
 /** Opens one layer; `from` is the image that names it as its backing file (undefined for the top). */
-async function openLayer(filename: string, format: ImageFormat | undefined, hostFiles: HostFiles, from: string | undefined, gate: ReferenceGate): Promise<OpenedLayer> {
+async function openLayer(filename: string, format: ImageFormat | undefined, hostFiles: HostFiles, from: string | undefined, gate: ReferenceGate, access: ImageAccess): Promise<OpenedLayer> {
   let storage: Storage;
   try {
     storage = await hostFiles.open(filename, { writable: false });
@@ -411,6 +416,8 @@ async function openLayer(filename: string, format: ImageFormat | undefined, host
   }
   try {
     const actualFormat = format ?? (await probeFormat(storage));
+    // Locked as qemu-img info locks (metadata only: nothing for raw; other formats refuse writers unless -U), or as a reader.
+    await storage.setPermissions?.(layerPermissions(actualFormat, 'top', access));
     if (actualFormat === 'raw') return { filename, raw: await RawDevice.open(storage, filename) };
     if (actualFormat !== 'qcow2') return { filename, raw: await openFormatDevice(actualFormat, storage, filename, { hostFiles, gate }) };
     const image = await Qcow2Image.open(storage, {
@@ -444,7 +451,7 @@ export async function openImageForInfo(filename: string, options: OpenForInfoOpt
     const seen = new Set<string>();
     for (;;) {
       seen.add((await options.hostFiles.canonical?.(name)) ?? name);
-      const layer = await openLayer(name, format, options.hostFiles, from, gate);
+      const layer = await openLayer(name, format, options.hostFiles, from, gate, { metadataOnly: options.lockAsReader !== true, forceShare: options.forceShare === true });
       layers.push(layer);
       const image = layer.image;
       const backingName = image?.backingFile === undefined ? '' : cString(image.backingFile);

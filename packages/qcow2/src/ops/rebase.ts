@@ -52,6 +52,8 @@ export interface RebaseOptions {
   gate?: ReferenceGate;
   codecs?: CompressionCodecs;
   onProgress?: (done: number, total: number) => void;
+  /** qemu-img rebase -U: open the new backing chain without locking others out of it (the old one is locked). */
+  forceShare?: boolean;
 }
 
 /** How much a rebase compared and copied. */
@@ -247,7 +249,7 @@ export async function rebaseImage(filename: string, options: RebaseOptions): Pro
     if (reference !== undefined) {
       const resolved = combinePath(filename, reference.file);
       try {
-        newBacking = await openImage(resolved, { ...common, format: reference.format });
+        newBacking = await openImage(resolved, { ...common, format: reference.format, ...(options.forceShare ? { forceShare: true } : {}) });
       } catch (error) {
         throw new Qcow2Error('BACKING_NOT_FOUND', `Could not open new backing file '${resolved}': ${(error as Error).message}`, { file: filename, cause: error });
       }

@@ -39,8 +39,9 @@ export async function mirrorSnapshot(context: FlowContext): Promise<void> {
   let layers: DiskLayer[] = [];
   try {
     await refuseRunningBlockJobs(context);
-    // The disk's size and backing chain, from the images opened with the XML's formats.
-    const source = await openChain(disk.chain, disk.chainComplete);
+    // The disk's size and backing chain, from the images opened with the XML's formats (force-share: the guest
+    // may be writing the top image, as for qemu-img info -U).
+    const source = await openChain(disk.chain, disk.chainComplete, { forceShare: true });
     let size: number;
     try {
       await refuseOutputInChain(source, job.output.path);

@@ -22,9 +22,12 @@ export async function refuseOutputInChain(source: BlockDevice, output: string): 
   }
 }
 
-/** Opens a disk's chain, checks it against its output, and closes it: before anything changes, so a bad disk fails early. */
+/**
+ * Opens a disk's chain, checks it against its output, and closes it: before anything changes, so a bad disk fails
+ * early. The guest may be running and writing its top image: looked at with force-share, as `qemu-img info -U`.
+ */
 export async function preflightChain(disk: DiskDefinition, output: string): Promise<void> {
-  const source = await openChain(disk.chain, disk.chainComplete);
+  const source = await openChain(disk.chain, disk.chainComplete, { forceShare: true });
   try {
     await refuseOutputInChain(source, output);
   } finally {
