@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { launchChromium } from '../../inspector/src/chromium.js';
+import { QemuIoHolder } from '../../qcow2/src/test-support/qemu-io-holder.js';
 import { startRangeServer } from '../../qcow2/src/test-support/range-server.js';
 import { examplesInMarkdown, outputMatches, type DocExample } from '../../qcow2/src/test-support/doc-examples.js';
 
@@ -115,6 +116,22 @@ describe('the packed tarballs', () => {
       expect(page.equals(readFileSync(join(project, 'node_modules/@qcowkit/inspector/dist/index.html')))).toBe(true);
     } finally {
       child.kill('SIGTERM');
+    }
+  });
+
+  it.runIf(process.platform === 'linux' && process.arch === 'x64')('lock images with the prebuilt native helper: an install needs no compiler', async () => {
+    // Nothing was built in the scratch project: the helper that loads is the prebuilt copy from the tarball.
+    expect(existsSync(join(project, 'node_modules/@qcowkit/qcow2/native/build'))).toBe(false);
+    const image = join(project, 'held.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image, '1M']);
+    const guest = await QemuIoHolder.start(image);
+    try {
+      const result = await run(join(project, 'node_modules/.bin/qcowkit'), ['io', '-c', 'write 0 4k', 'held.qcow2'], { cwd: project }).catch(
+        (error: { code: number; stderr: string }) => error,
+      );
+      expect(result).toMatchObject({ code: 1, stderr: 'qcowkit: held.qcow2: Failed to get "write" lock. Is another process using the image [held.qcow2]?\n' });
+    } finally {
+      await guest.release();
     }
   });
 

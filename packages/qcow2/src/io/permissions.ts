@@ -26,8 +26,3 @@ export interface FilePermissions {
 
 /** Nothing taken, everything shared: the state of a file opened without locks (qemu-img info -U). */
 export const NO_PERMISSIONS: FilePermissions = { perm: 0, shared: PERM_ALL };
-
-/** "consistent read, write" for messages and tests. */
-export function permissionNames(bits: number): string {
-  return PERMISSION_NAMES.filter((_, i) => (bits & (1 << i)) !== 0).join(', ');
-}

@@ -25,10 +25,13 @@ export function useBlockingFileIo(blocking: boolean): void {
   blockingByDefault = blocking;
 }
 
+/** How {@link FileStorage.open} opens a file. */
 export interface FileOpenOptions {
+  /** Open for reading and writing (default: read-only). */
   writable?: boolean;
   /** Create the file, or empty an existing one (after its locks are taken: a file in use stays untouched). */
   create?: boolean;
+  /** Blocking positional I/O on the calling thread (default: as set by useBlockingFileIo). */
   blocking?: boolean;
   /**
    * qemu's image locks to take at once (see image-locks.ts); default: none until setPermissions(), except that
@@ -82,6 +85,7 @@ export class FileStorage implements Storage {
     return storage;
   }
 
+  /** Takes qemu's image locks for `permissions` instead of those held; Qcow2Error IMAGE_LOCKED when in use. */
   async setPermissions(permissions: FilePermissions): Promise<void> {
     this.lock.set(permissions);
   }

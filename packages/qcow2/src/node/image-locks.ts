@@ -24,8 +24,9 @@ import { Qcow2Error } from '../errors.js';
 import { NO_PERMISSIONS, PERM_ALL, PERMISSION_NAMES, type FilePermissions } from '../io/permissions.js';
 import { nativeAddon, nativeStatus, type NativeAddon } from './native-addon.js';
 
-/** Byte 100 + i: permission i is taken. Byte 200 + i: permission i is not shared. */
+/** Byte 100 + i is locked while permission i is taken. */
 export const LOCK_PERM_BASE = 100;
+/** Byte 200 + i is locked while permission i is not shared. */
 export const LOCK_SHARED_BASE = 200;
 
 /** fcntl errors meaning "no OFD locks here" (old kernel, file system without them): lock nothing, warn once. */

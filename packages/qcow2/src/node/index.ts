@@ -13,7 +13,7 @@ import { nodeHostFiles } from './node-host-files.js';
 
 export { FileStorage, useBlockingFileIo, type FileOpenOptions } from './file-storage.js';
 export { ImageLock, lockingSupport, LOCK_PERM_BASE, LOCK_SHARED_BASE } from './image-locks.js';
-export { nativeAddon, nativeStatus, type NativeAddon, type NativeStatus, type NativeSource } from './native-addon.js';
+export { nativeAddon, nativeStatus, type NativeAddon, type NativeStatus, type NativeSource, type OfdLockType } from './native-addon.js';
 export { copyFileRange, copyFileRangeSync, isCopyFallback, kernelCopySupported } from './copy-file-range.js';
 export { nodeHostFiles } from './node-host-files.js';
 export { nodeCodecs } from './node-codecs.js';

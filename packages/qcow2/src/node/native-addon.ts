@@ -12,8 +12,10 @@ import { createRequire } from 'node:module';
 /** The `abi` the addon must report (QCOWKIT_NATIVE_ABI in native/qcowkit-native.c): refuses a stale build. */
 export const NATIVE_ABI = 2;
 
+/** An OFD byte lock: 'shared' (F_RDLCK, what qemu's image locks use) or 'exclusive' (F_WRLCK). */
 export type OfdLockType = 'shared' | 'exclusive';
 
+/** The native helper's functions (packages/qcow2/native), as loaded by {@link nativeAddon}. */
 export interface NativeAddon {
   readonly abi: number;
   /** First data offset at or after `offset`, or -1 when only hole remains (ENXIO). Throws on other errors. */
@@ -34,6 +36,7 @@ const FUNCTIONS = ['seekData', 'seekHole', 'ofdSetLock', 'ofdGetLock', 'copyFile
 
 // Relative to this module: src/node/native-addon.ts (vitest, tsx) and dist/node/native-addon.js (compiled) both
 // sit two levels below packages/qcow2, next to native/.
+/** Where a loaded copy of the native helper came from: a build from source, or the copy shipped prebuilt. */
 export type NativeSource = 'build' | 'prebuilt';
 
 const CANDIDATES: Record<NativeSource, string> = {
@@ -41,6 +44,7 @@ const CANDIDATES: Record<NativeSource, string> = {
   prebuilt: `../../native/prebuilt/${process.platform}-${process.arch}/qcowkit_native.node`,
 };
 
+/** Which copy of the native helper serves this process ({@link nativeStatus}). */
 export interface NativeStatus {
   /** Which copy is loaded, or null for the pure path. */
   source: NativeSource | null;
