@@ -67,7 +67,7 @@ export async function setBackingReference(image: Qcow2Image, backing: BackingRef
   out.set(nameBytes, nameOffset);
   await image.storage.write(out, 0);
   if (options.durable ?? true) await image.storage.flush();
-  if (out.length > image.fileSize) image.fileSize = out.length;
+  image.fileReaches(out.length);
 
   // The in-memory header follows what is now on disk.
   image.header.backingFile = file;

@@ -357,7 +357,7 @@ export class BitmapEditor {
   }
 
   private grow(end: number): void {
-    if (end > this.image.fileSize) this.image.fileSize = end;
+    this.image.fileReaches(end);
   }
 
   /**

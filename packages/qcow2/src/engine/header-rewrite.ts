@@ -79,7 +79,7 @@ export async function rewriteHeader(image: Qcow2Image, change: (header: Qcow2Hea
   await image.storage.write(out, 0);
   if (length > PAGE) await image.storage.write(new Uint8Array(length - PAGE), PAGE);
   if (options.durable ?? true) await image.storage.flush();
-  if (out.length > image.fileSize) image.fileSize = out.length;
+  image.fileReaches(out.length);
   Object.assign(image.header, header);
   return header;
 }

@@ -4,7 +4,6 @@ import { voidPersistentBitmaps } from './header-rewrite.js';
 import { Qcow2Writer } from './image-writer.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
-
 /** What makeEmpty did to an image (the clusters it dropped). */
 export interface MakeEmptyResult {
   /** L2 tables dropped from the active L1 table. */
@@ -28,8 +27,8 @@ export interface MakeEmptyResult {
  * use. A process killed during (1) leaves every L1 entry either old or cleared (each reads the same guest data,
  * once the backing file holds the committed data); during (2) or (3), only leaked clusters.
  *
- * Persistent bitmaps are not maintained by this engine: like any write, emptying first clears their autoclear
- * bit so qemu treats them as inconsistent.
+ * Persistent bitmaps are not kept true through an emptying: their autoclear bit is cleared first
+ * (voidPersistentBitmaps), so qemu treats them as inconsistent.
  */
 export async function makeEmpty(image: Qcow2Image, options: { durable?: boolean } = {}): Promise<MakeEmptyResult> {
   const durable = options.durable ?? true;
@@ -76,8 +75,7 @@ export async function makeEmpty(image: Qcow2Image, options: { durable?: boolean 
   while (last >= 0 && (await refcounts.get(last)) === 0) last--;
   const end = (last + 1) * clusterSize;
   if (end < image.fileSize) {
-    await image.storage.truncate(end);
-    image.fileSize = end;
+    await image.truncateFile(end);
     if (durable) await image.storage.flush();
   }
   return { l2Tables: tables.length, fileSizeBefore, fileSizeAfter: image.fileSize };

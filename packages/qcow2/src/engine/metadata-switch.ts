@@ -315,7 +315,7 @@ export class MetadataSwitch {
     this.image.replaceSnapshots(snapshots.entries, snapshots.tableBytes);
     this.image.l2Cache.clear();
     this.image.invalidateCompressedCache();
-    if (this.fileEnd > this.image.fileSize) this.image.fileSize = this.fileEnd;
+    this.image.fileReaches(this.fileEnd);
     this.refcounts.adopt(tableStart * clusterSize, tableClusters, table);
   }
 }

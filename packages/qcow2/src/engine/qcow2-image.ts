@@ -55,7 +55,7 @@ export class Qcow2Image {
   private constructor(
     readonly storage: Storage,
     readonly header: Qcow2Header,
-    /** The file's size when opened; the writer keeps it current. */
+    /** The file's size when opened; kept current through fileReaches and truncateFile by whatever writes. */
     public fileSize: number,
     private l1: L1Table,
     private snapshotTable: SnapshotEntry[],
@@ -112,6 +112,17 @@ export class Qcow2Image {
       options.codecs ?? portableCodecs,
       options.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES,
     );
+  }
+
+  /** The file now reaches at least `end` bytes (something was written past its old end). */
+  fileReaches(end: number): void {
+    if (end > this.fileSize) this.fileSize = end;
+  }
+
+  /** Cuts the file at `end` bytes. */
+  async truncateFile(end: number): Promise<void> {
+    await this.storage.truncate(end);
+    this.fileSize = end;
   }
 
   /** The internal snapshot table, in order. */

@@ -171,6 +171,6 @@ export async function changeRefcountOrder(image: Qcow2Image, plan: RefcountOrder
   // words between them as they are).
   await writeHeaderFields(image.storage, image.header, { refcountTableOffset: tableOffset, refcountTableClusters: tableClusters, refcountOrder: Math.log2(newBits) });
   await image.storage.flush();
-  image.fileSize = Math.max(image.fileSize, total * clusterSize);
+  image.fileReaches(total * clusterSize);
   onProgress?.(blocks + 1, blocks + 1);
 }

@@ -58,7 +58,7 @@ interface Reach {
 /** Metadata written back and the file's real size known (the writer's data writes do not track it). */
 async function settle(image: Qcow2Image, writer: Qcow2Writer): Promise<void> {
   await writer.writeBackMetadata();
-  image.fileSize = Math.max(image.fileSize, await image.storage.size());
+  image.fileReaches(await image.storage.size());
 }
 
 function corruptEntry(image: Qcow2Image, what: string): Qcow2Error {

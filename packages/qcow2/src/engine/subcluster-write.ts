@@ -9,21 +9,7 @@ import {
   setTableEntry,
   subclusterRange,
 } from '../format/table-entries.js';
-import type { BelowReader } from './write-context.js';
-import type { Qcow2Image } from './qcow2-image.js';
-
-/** What a subcluster write needs from the writer. */
-export interface SubclusterContext {
-  image: Qcow2Image;
-  below: BelowReader;
-  /** A new host cluster with refcount 1, or undefined with an external data file (guest offset = host offset). */
-  allocateCluster(): Promise<number | undefined>;
-  /** Queues releasing what an old L2 entry pointed at, once the new entry is written. */
-  freeEntry(hi: number, lo: number): void;
-  /** The current guest contents of one whole cluster of this image. */
-  readOwnCluster(guestOffset: number, dest: Uint8Array): Promise<void>;
-}
-
+import type { BelowReader, WriteContext } from './write-context.js';
 
 /**
  * A write that covers part of one cluster of an extended-L2 image, as qemu does it: only the subclusters the
@@ -33,7 +19,8 @@ export interface SubclusterContext {
  * (COPIED clear) is copied whole first; a compressed cluster is decompressed into a fully allocated one.
  */
 export async function writeSubclusters(
-  context: SubclusterContext,
+  context: WriteContext,
+  below: BelowReader,
   l2Offset: number,
   view: DataView,
   index: number,
@@ -61,7 +48,7 @@ export async function writeSubclusters(
   // The whole cluster as the guest sees it now, only when something must be carried over.
   const needsOld = compressed || (allocated && !copied) || (from - clusterStart) % subclusterSize !== 0 || (from + data.length - clusterStart) % subclusterSize !== 0;
   const buffer = new Uint8Array(clusterSize);
-  if (needsOld) await context.readOwnCluster(clusterStart, buffer);
+  if (needsOld) await context.readGuest(clusterStart, buffer, below);
   buffer.set(data, from - clusterStart);
 
   const spanStart = first * subclusterSize;
@@ -73,7 +60,8 @@ export async function writeSubclusters(
     newAlloc = (allocBits | touched) >>> 0;
     await image.dataStorage.write(buffer.subarray(spanStart, spanEnd), host + spanStart);
   } else {
-    newHost = (await context.allocateCluster()) ?? clusterStart;
+    // External data files map guest offset to the same host offset and keep no refcounts for data.
+    newHost = externalDataFile ? clusterStart : await context.refcounts.allocate(1);
     if (compressed) {
       newAlloc = ALL_SUBCLUSTERS;
       await image.dataStorage.write(buffer, newHost);
@@ -81,15 +69,14 @@ export async function writeSubclusters(
       // Shared with a snapshot: keep every subcluster that held data, plus the new ones.
       newAlloc = (allocBits | touched) >>> 0;
       await image.dataStorage.write(buffer, newHost);
-      context.freeEntry(hi, lo);
+      context.releaseEntry(hi, lo);
     } else {
       newAlloc = touched;
       await image.dataStorage.write(buffer.subarray(spanStart, spanEnd), newHost + spanStart);
     }
-    if (compressed) context.freeEntry(hi, lo);
+    if (compressed) context.releaseEntry(hi, lo);
   }
   setTableEntry(view, at, newHost, true);
   setSubclusterBitmaps(view, at, newAlloc === ALL_SUBCLUSTERS ? 0 : zeroBits & ~touched, newAlloc);
-  const end = newHost + clusterSize;
-  if (!externalDataFile && end > image.fileSize) image.fileSize = end;
+  if (!externalDataFile) context.fileReaches(newHost + clusterSize);
 }

@@ -74,7 +74,7 @@ export async function expandZeroClusters(
           await refcounts.flush();
           for (let written = 0; written < clusterSize; written += zeros.length) await image.storage.write(zeros, cluster + written);
           setTableEntry(view, at, cluster, l2Refcount === 1);
-          if (cluster + clusterSize > image.fileSize) image.fileSize = cluster + clusterSize;
+          image.fileReaches(cluster + clusterSize);
         }
         // The shared cluster loses this entry's references, after the table no longer points at it.
         if (host !== 0 && !inPlace) released.push(host);
