@@ -13,7 +13,8 @@ import {
 import { QEMU_FEATURE_NAMES, encodeFeatureNameTable, encodeStringExtension, type HeaderExtension } from '../format/header-extensions.js';
 import { encodeHeader, encodedHeaderSize, setBit, type Qcow2Header } from '../format/header.js';
 import { setRefcount } from '../format/refcount-block.js';
-import { viewOf, writeU64 } from '../format/struct.js';
+import { encodeRefcountTable } from '../format/refcount-table.js';
+import { viewOf } from '../format/struct.js';
 import type { Storage } from '../io/storage.js';
 import { layoutOf } from './image-layout.js';
 import { Refcounts } from './refcounts.js';
@@ -128,8 +129,7 @@ export async function createQcow2(storage: Storage, options: CreateQcow2Options)
   // last, once everything it names is in place: a create killed before that leaves a file that is no qcow2 image
   // (no magic), never an image that names missing structures.
   if ((await storage.size()) > 0) await storage.truncate(0);
-  const table = new Uint8Array(clusterSize);
-  writeU64(viewOf(table), 0, 2 * clusterSize);
+  const table = encodeRefcountTable([2 * clusterSize], clusterSize);
   // Even the narrowest block (512-byte clusters, 64-bit refcounts) covers 64 clusters.
   const block = new Uint8Array(clusterSize);
   for (let cluster = 0; cluster < 3; cluster++) setRefcount(viewOf(block), cluster, layout.refcountBits, 1);

@@ -2,7 +2,8 @@ import { Qcow2Error } from '../errors.js';
 import { MAX_REFCOUNT_TABLE_BYTES } from '../format/constants.js';
 import { adjustRefcounts, getRefcount, maxRefcount, refcountEntriesPerBlock, refcountWords, scanFree } from '../format/refcount-block.js';
 import type { SnapshotEntry } from '../format/snapshot-table.js';
-import { viewOf, writeU64 } from '../format/struct.js';
+import { encodeRefcountTable } from '../format/refcount-table.js';
+import { viewOf } from '../format/struct.js';
 import { WRITE_CHUNK } from '../io/write-size.js';
 import { writeHeaderFields } from './header-rewrite.js';
 import type { Qcow2Image } from './qcow2-image.js';
@@ -287,14 +288,8 @@ export class MetadataSwitch {
     }
     for (const [b, cluster] of placed) await this.write(this.newBlocks.get(b)!.bytes, cluster * clusterSize);
     const table: number[] = [];
-    const tableBytes = new Uint8Array(tableClusters * clusterSize);
-    const tableView = viewOf(tableBytes);
-    for (let i = 0; i < tableBytes.length / 8; i++) {
-      const offset = placed.has(i) ? placed.get(i)! * clusterSize : (this.oldTable[i] ?? 0);
-      table.push(offset);
-      writeU64(tableView, i * 8, offset);
-    }
-    await this.write(tableBytes, tableStart * clusterSize);
+    for (let i = 0; i < (tableClusters * clusterSize) / 8; i++) table.push(placed.has(i) ? placed.get(i)! * clusterSize : (this.oldTable[i] ?? 0));
+    await this.write(encodeRefcountTable(table, tableClusters * clusterSize), tableStart * clusterSize);
     this.committed = true;
 
     const snapshots = target.snapshots ?? { entries: [...this.image.snapshots], offset: header.snapshotsOffset, tableBytes: this.image.snapshotTableBytes };

@@ -1,7 +1,8 @@
 import { Qcow2Error } from '../errors.js';
 import { MAX_REFCOUNT_TABLE_BYTES } from '../format/constants.js';
 import { getRefcount, maxRefcount, refcountEntriesPerBlock, setRefcount } from '../format/refcount-block.js';
-import { readU64, viewOf, writeU64 } from '../format/struct.js';
+import { decodeRefcountTable, encodeRefcountTable } from '../format/refcount-table.js';
+import { viewOf } from '../format/struct.js';
 import { writeHeaderFields } from './header-rewrite.js';
 import type { Qcow2Image } from './qcow2-image.js';
 
@@ -10,7 +11,7 @@ import type { Qcow2Image } from './qcow2-image.js';
  * makes), each block read once at a time. Clusters of the refcount table and blocks themselves are known, so a
  * rebuild can leave them out.
  */
-class StoredRefcounts {
+class RefcountWalk {
   private current = -1;
   private block: DataView | undefined;
 
@@ -23,25 +24,20 @@ class StoredRefcounts {
     readonly structure: Set<number>,
   ) {}
 
-  static async read(image: Qcow2Image): Promise<StoredRefcounts> {
+  static async read(image: Qcow2Image): Promise<RefcountWalk> {
     const { clusterSize, refcountBits } = image.layout;
     const { refcountTableOffset, refcountTableClusters } = image.header;
     const bytes = new Uint8Array(refcountTableClusters * clusterSize);
     if (refcountTableOffset + bytes.length > image.fileSize) throw new Qcow2Error('TRUNCATED', 'refcount table lies past the end of the file', { file: image.name });
     await image.storage.read(bytes, refcountTableOffset);
-    const view = viewOf(bytes);
-    const table: number[] = [];
+    const table = withFile(image, () => decodeRefcountTable(bytes, clusterSize));
     const structure = new Set<number>();
     for (let c = 0; c < refcountTableClusters; c++) structure.add(refcountTableOffset / clusterSize + c);
-    for (let i = 0; i < bytes.length / 8; i++) {
-      const entry = readU64(view, i * 8, 'refcount table entry');
-      const offset = entry - (entry % 512);
-      if (offset % clusterSize !== 0) throw new Qcow2Error('MISALIGNED_OFFSET', `refcount block offset 0x${offset.toString(16)} is not cluster aligned`, { file: image.name });
+    for (const offset of table) {
       if (offset + clusterSize > image.fileSize) throw new Qcow2Error('TRUNCATED', `refcount block at 0x${offset.toString(16)} lies past the end of the file`, { file: image.name });
-      table.push(offset);
       if (offset !== 0) structure.add(offset / clusterSize);
     }
-    return new StoredRefcounts(image, table, refcountEntriesPerBlock(clusterSize, refcountBits), refcountBits, structure);
+    return new RefcountWalk(image, table, refcountEntriesPerBlock(clusterSize, refcountBits), refcountBits, structure);
   }
 
   /** Clusters the stored table can describe. */
@@ -69,9 +65,18 @@ class StoredRefcounts {
   }
 }
 
+/** Runs `decode`, attributing a format error to the image. */
+function withFile<T>(image: Qcow2Image, decode: () => T): T {
+  try {
+    return decode();
+  } catch (error) {
+    throw error instanceof Qcow2Error ? error.withFile(image.name) : error;
+  }
+}
+
 /** What a refcount width change will do, decided before anything is written. */
 export interface RefcountOrderPlan {
-  stored: StoredRefcounts;
+  stored: RefcountWalk;
   newBits: number;
   /** First cluster past everything in use and past the end of the file: the new structures go there. */
   start: number;
@@ -84,7 +89,7 @@ export interface RefcountOrderPlan {
  * the new structures. Nothing is written.
  */
 export async function planRefcountOrder(image: Qcow2Image, newBits: number): Promise<RefcountOrderPlan> {
-  const stored = await StoredRefcounts.read(image);
+  const stored = await RefcountWalk.read(image);
   const max = maxRefcount(newBits);
   let usedEnd = 0;
   for (let index = 0; index < stored.table.length; index++) {
@@ -162,8 +167,10 @@ export async function changeRefcountOrder(image: Qcow2Image, plan: RefcountOrder
     await image.storage.write(bytes, (blocksStart + first) * clusterSize);
     onProgress?.(first + count, blocks + 1);
   }
-  const table = new Uint8Array(tableClusters * clusterSize);
-  for (let b = 0; b < blocks; b++) writeU64(viewOf(table), b * 8, (blocksStart + b) * clusterSize);
+  const table = encodeRefcountTable(
+    Array.from({ length: blocks }, (_, b) => (blocksStart + b) * clusterSize),
+    tableClusters * clusterSize,
+  );
   await image.storage.write(table, tableOffset);
   await image.storage.flush();
 

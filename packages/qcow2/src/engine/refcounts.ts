@@ -1,14 +1,9 @@
 import { Qcow2Error } from '../errors.js';
 import { getRefcount, getRefcounts, maxRefcount, refcountEntriesPerBlock, setRefcount } from '../format/refcount-block.js';
-import { readU64, viewOf, writeU64 } from '../format/struct.js';
+import { decodeRefcountTable, encodeRefcountTable, encodeRefcountTableEntry } from '../format/refcount-table.js';
 import type { Storage } from '../io/storage.js';
 import type { ImageLayout } from './image-layout.js';
-
-interface RefcountBlock {
-  bytes: Uint8Array;
-  view: DataView;
-  dirty: boolean;
-}
+import { RefcountBlockCache, type RefcountBlock } from './refcount-block-cache.js';
 
 /** Writes the header's refcount table fields (offset and size in clusters) in one write. */
 export type RefcountTableHeaderWriter = (tableOffset: number, tableClusters: number) => Promise<void>;
@@ -23,7 +18,8 @@ const CLEAN_BLOCK_CACHE_LIMIT = 256;
  * count it, and the header switches to it last.
  */
 export class Refcounts {
-  private readonly blocks = new Map<number, RefcountBlock>();
+  /** Blocks read or changed; dirty ones stay until flush() (this allocator orders its own writes). */
+  private readonly blocks: RefcountBlockCache;
   /** First cluster that may be free: allocation scans from here (qemu's free_cluster_index). */
   private freeHint = 0;
   /**
@@ -44,6 +40,7 @@ export class Refcounts {
   ) {
     this.entriesPerBlock = refcountEntriesPerBlock(layout.clusterSize, layout.refcountBits);
     this.max = maxRefcount(layout.refcountBits);
+    this.blocks = new RefcountBlockCache(storage, layout.clusterSize, CLEAN_BLOCK_CACHE_LIMIT, 'keep-dirty', (index) => this.table[index]!);
   }
 
   static async load(
@@ -55,18 +52,7 @@ export class Refcounts {
   ): Promise<Refcounts> {
     const bytes = new Uint8Array(tableClusters * layout.clusterSize);
     await storage.read(bytes, tableOffset);
-    const view = viewOf(bytes);
-    const table: number[] = [];
-    for (let i = 0; i < bytes.length / 8; i++) {
-      const entry = readU64(view, i * 8, 'refcount table entry');
-      // Bits 0..8 are reserved; the block offset is cluster aligned.
-      const blockOffset = entry - (entry % 512);
-      if (blockOffset % layout.clusterSize !== 0) {
-        throw new Qcow2Error('MISALIGNED_OFFSET', `refcount block offset 0x${blockOffset.toString(16)} is not cluster aligned`);
-      }
-      table.push(blockOffset);
-    }
-    return new Refcounts(storage, layout, table, tableOffset, tableClusters, writeTableHeader);
+    return new Refcounts(storage, layout, decodeRefcountTable(bytes, layout.clusterSize), tableOffset, tableClusters, writeTableHeader);
   }
 
   get refcountTableOffset(): number {
@@ -83,25 +69,7 @@ export class Refcounts {
   private async block(blockIndex: number): Promise<RefcountBlock | undefined> {
     const offset = this.table[blockIndex] ?? 0;
     if (offset === 0) return undefined;
-    let block = this.blocks.get(blockIndex);
-    if (block === undefined) {
-      const bytes = new Uint8Array(this.layout.clusterSize);
-      await this.storage.read(bytes, offset);
-      block = { bytes, view: viewOf(bytes), dirty: false };
-      this.evictClean();
-      this.blocks.set(blockIndex, block);
-    }
-    return block;
-  }
-
-  private evictClean(): void {
-    if (this.blocks.size < CLEAN_BLOCK_CACHE_LIMIT) return;
-    for (const [index, block] of this.blocks) {
-      if (!block.dirty) {
-        this.blocks.delete(index);
-        if (this.blocks.size < CLEAN_BLOCK_CACHE_LIMIT) return;
-      }
-    }
+    return this.blocks.get(blockIndex) ?? (await this.blocks.load(blockIndex, offset, (bytes, at) => this.storage.read(bytes, at)));
   }
 
   async get(cluster: number): Promise<number> {
@@ -276,10 +244,7 @@ export class Refcounts {
       return;
     }
     const fresh = new Map<number, RefcountBlock>();
-    for (const b of newBlocks.keys()) {
-      const bytes = new Uint8Array(this.layout.clusterSize);
-      fresh.set(b, { bytes, view: viewOf(bytes), dirty: false });
-    }
+    for (const b of newBlocks.keys()) fresh.set(b, this.blocks.fresh());
     for (const [c, add] of marked) {
       const b = Math.floor(c / this.entriesPerBlock);
       const block = fresh.get(b);
@@ -318,9 +283,7 @@ export class Refcounts {
   }
 
   private async writeTableEntry(blockIndex: number, offset: number): Promise<void> {
-    const entry = new Uint8Array(8);
-    writeU64(viewOf(entry), 0, offset);
-    await this.storage.write(entry, this.tableOffset + blockIndex * 8);
+    await this.storage.write(encodeRefcountTableEntry(offset), this.tableOffset + blockIndex * 8);
     this.table[blockIndex] = offset;
   }
 
@@ -362,11 +325,7 @@ export class Refcounts {
       }
       // 1. New blocks, each counting the marked clusters in its range.
       const fresh = new Map<number, RefcountBlock>();
-      for (const [b, place] of newBlocks) {
-        const bytes = new Uint8Array(clusterSize);
-        fresh.set(b, { bytes, view: viewOf(bytes), dirty: false });
-        void place;
-      }
+      for (const b of newBlocks.keys()) fresh.set(b, this.blocks.fresh());
       for (const c of marked) {
         const b = Math.floor(c / this.entriesPerBlock);
         const block = fresh.get(b);
@@ -379,9 +338,7 @@ export class Refcounts {
       const table = [...this.table];
       while (table.length < tableClusters * (clusterSize / 8)) table.push(0);
       for (const [b, place] of newBlocks) table[b] = place * clusterSize;
-      const tableBytes = new Uint8Array(tableClusters * clusterSize);
-      const view = viewOf(tableBytes);
-      table.forEach((offset, i) => writeU64(view, i * 8, offset));
+      const tableBytes = encodeRefcountTable(table, tableClusters * clusterSize);
       const newTableOffset = tableStart * clusterSize;
       await this.storage.write(tableBytes, newTableOffset);
       await this.storage.flush();
@@ -400,11 +357,7 @@ export class Refcounts {
 
   /** Writes every dirty refcount block. */
   async flush(): Promise<void> {
-    for (const [index, block] of this.blocks) {
-      if (!block.dirty) continue;
-      await this.storage.write(block.bytes, this.table[index]!);
-      block.dirty = false;
-    }
+    await this.blocks.flush();
   }
 
   /**
@@ -422,7 +375,6 @@ export class Refcounts {
   }
 
   get hasDirtyBlocks(): boolean {
-    for (const block of this.blocks.values()) if (block.dirty) return true;
-    return false;
+    return this.blocks.hasDirtyBlocks;
   }
 }

@@ -3,10 +3,12 @@ import { IncompatibleFeature, MAX_REFCOUNT_TABLE_BYTES } from '../format/constan
 import { setBit } from '../format/header.js';
 import { setRefcount } from '../format/refcount-block.js';
 import { decodeSnapshotEntry, encodeSnapshotTable, type SnapshotEntry } from '../format/snapshot-table.js';
-import { viewOf, writeU64 } from '../format/struct.js';
+import { encodeRefcountTable } from '../format/refcount-table.js';
+import { viewOf } from '../format/struct.js';
 import { ZERO_LO, setSubclusterBitmaps } from '../format/table-entries.js';
 import { readZeroPadded, type Storage } from '../io/storage.js';
-import { CheckAbort, ImageChecker, runChecker, zeroCounters, type CheckOptions, type CheckReport } from './check.js';
+import { CheckAbort, zeroCounters, type CheckOptions, type CheckReport } from './check-report.js';
+import { ImageChecker, runChecker } from './check.js';
 import { writeHeaderFields, type HeaderFieldChanges } from './header-rewrite.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import { Refcounts } from './refcounts.js';
@@ -97,7 +99,7 @@ class ImageRepairer extends ImageChecker {
     await this.storage.flush();
   }
 
-  protected override async repairPreallocatedEntry(l2Offset: number, index: number, zeroBits: number, allocBits: number): Promise<boolean> {
+  override async repairPreallocatedEntry(l2Offset: number, index: number, zeroBits: number, allocBits: number): Promise<boolean> {
     const { l2EntryBytes, extendedL2 } = this.layout;
     const at = l2Offset + index * l2EntryBytes;
     const entry = new Uint8Array(l2EntryBytes);
@@ -117,23 +119,23 @@ class ImageRepairer extends ImageChecker {
     return true;
   }
 
-  protected override async repairRefcount(cluster: number, value: number): Promise<boolean> {
+  override async repairRefcount(cluster: number, value: number): Promise<boolean> {
     return this.stored.set(cluster, value);
   }
 
-  protected override async refcountRepairsDone(): Promise<void> {
+  override async refcountRepairsDone(): Promise<void> {
     await this.stored.flush();
     await this.storage.flush();
   }
 
-  protected override async repairL1Entry(index: number, hi: number, lo: number): Promise<void> {
+  override async repairL1Entry(index: number, hi: number, lo: number): Promise<void> {
     const entry = new Uint8Array(8);
     viewOf(entry).setUint32(0, hi);
     viewOf(entry).setUint32(4, lo);
     await this.writeSync(entry, this.header.l1TableOffset + index * 8);
   }
 
-  protected override async repairL2Table(offset: number, table: Uint8Array): Promise<void> {
+  override async repairL2Table(offset: number, table: Uint8Array): Promise<void> {
     if (this.overlap(offset, table.length) !== undefined) {
       this.message('copied-flag', 'ERROR: Could not write L2 table; metadata overlap check failed: Input/output error');
       this.res.checkErrors++;
@@ -209,9 +211,7 @@ class ImageRepairer extends ImageChecker {
       await this.storage.write(block, blockPlace.get(b)! * cs);
     }
     // 2. The table.
-    const table = new Uint8Array(tableClusters * cs);
-    const tableView = viewOf(table);
-    for (const [b, place] of blockPlace) writeU64(tableView, b * 8, place * cs);
+    const table = encodeRefcountTable(new Map([...blockPlace].map(([b, place]) => [b, place * cs])), tableClusters * cs);
     await this.storage.write(table, tableStart * cs);
     await this.storage.flush();
     // 3. The header, in one write.
@@ -252,7 +252,7 @@ class ImageRepairer extends ImageChecker {
   }
 
   /** qcow2_mark_corrupt: sets the corrupt bit, so nothing writes to the image until a repair succeeds. */
-  protected override markCorrupt(): () => Promise<void> {
+  override markCorrupt(): () => Promise<void> {
     return async () => {
       if (this.header.version < 3) return;
       await this.writeHeaderSync({ incompatibleFeatures: setBit(this.header.incompatibleFeatures, IncompatibleFeature.Corrupt, true) });

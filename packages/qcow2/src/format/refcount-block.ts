@@ -36,6 +36,15 @@ export function getRefcount(block: DataView, index: number, refcountBits: number
 }
 
 /**
+ * The refcount of entry `index` without refusing anything: a 64-bit refcount above 2^53 is the nearest number
+ * (qemu-img check reports such a value; it never uses it).
+ */
+export function getRefcountUnchecked(block: DataView, index: number, refcountBits: number): number {
+  if (refcountBits === 64) return block.getUint32(index * 8) * 0x100000000 + block.getUint32(index * 8 + 4);
+  return getRefcount(block, index, refcountBits);
+}
+
+/**
  * Entries [from, from + out.length) of a block, decoded into `out` in one synchronous loop (widths up to 32
  * bits): what a scan over every cluster of an image wants instead of a call per entry.
  */

@@ -1,6 +1,6 @@
 import { Qcow2Error } from '../errors.js';
 import { MAX_SNAPSHOT_EXTRA_DATA } from './constants.js';
-import { decodeStruct, encodeStruct, readU64, structSize, viewOf, writeU64, type StructSpec } from './struct.js';
+import { decodeStruct, encodeStruct, readU64, structSize, viewOf, writeU64, type StructSpec, type StructValue } from './struct.js';
 
 /** Fixed part of one snapshot table entry; extra data, id and name follow, then padding to 8 bytes. */
 const entryLayout = {
@@ -16,6 +16,28 @@ const entryLayout = {
 } as const satisfies StructSpec<string>;
 
 export const SNAPSHOT_ENTRY_FIXED_BYTES = structSize(entryLayout);
+/** Extra data version 3 requires of every entry: vm_state_size_large and disk_size. */
+export const V3_MIN_SNAPSHOT_EXTRA_DATA_BYTES = 16;
+
+/** The fixed part of one entry, as stored. */
+export type SnapshotEntryFixed = StructValue<keyof typeof entryLayout>;
+
+/**
+ * Decodes the fixed part of an entry from `bytes` (at least SNAPSHOT_ENTRY_FIXED_BYTES). `exact: false` reads a
+ * u64 above 2^53 as the nearest number instead of refusing it (qemu-img check reports what follows from it).
+ */
+export function decodeSnapshotEntryFixed(bytes: Uint8Array, options: { exact?: boolean } = {}): SnapshotEntryFixed {
+  return decodeStruct(entryLayout, bytes, 'snapshot table entry', options);
+}
+
+/** Where the parts of the entry at `offset` lie: its extra data, id and name, its end, and the next entry (8-byte aligned). */
+export function snapshotEntryParts(fixed: SnapshotEntryFixed, offset: number): { extraStart: number; idStart: number; nameStart: number; end: number; next: number } {
+  const extraStart = offset + SNAPSHOT_ENTRY_FIXED_BYTES;
+  const idStart = extraStart + fixed.extraDataSize;
+  const nameStart = idStart + fixed.idSize;
+  const end = nameStart + fixed.nameSize;
+  return { extraStart, idStart, nameStart, end, next: offset + align8(end - offset) };
+}
 /** Extra data qemu (since 5.2 with icount, 16 bytes before) writes: vm_state_size_large, disk_size, icount. */
 export const SNAPSHOT_EXTRA_DATA_BYTES = 24;
 
@@ -56,15 +78,11 @@ export function decodeSnapshotEntry(
   offset: number,
 ): { entry: SnapshotEntry; next: number } | { needed: number } {
   if (bytes.length < offset + SNAPSHOT_ENTRY_FIXED_BYTES) return { needed: offset + SNAPSHOT_ENTRY_FIXED_BYTES };
-  const fixed = decodeStruct(entryLayout, bytes.subarray(offset, offset + SNAPSHOT_ENTRY_FIXED_BYTES), 'snapshot table entry');
+  const fixed = decodeSnapshotEntryFixed(bytes.subarray(offset, offset + SNAPSHOT_ENTRY_FIXED_BYTES));
   if (fixed.extraDataSize > MAX_SNAPSHOT_EXTRA_DATA) {
     throw new Qcow2Error('BAD_SNAPSHOT_TABLE', `snapshot extra data too large (${fixed.extraDataSize} bytes, max ${MAX_SNAPSHOT_EXTRA_DATA})`);
   }
-  const extraStart = offset + SNAPSHOT_ENTRY_FIXED_BYTES;
-  const idStart = extraStart + fixed.extraDataSize;
-  const nameStart = idStart + fixed.idSize;
-  const end = nameStart + fixed.nameSize;
-  const next = offset + align8(end - offset);
+  const { extraStart, idStart, nameStart, end, next } = snapshotEntryParts(fixed, offset);
   if (bytes.length < end) return { needed: next };
 
   const extraData = bytes.slice(extraStart, idStart);

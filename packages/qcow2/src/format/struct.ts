@@ -63,8 +63,13 @@ export function structSize<K extends string>(spec: StructSpec<K>): number {
   return end;
 }
 
-export function decodeStruct<K extends string>(spec: StructSpec<K>, bytes: Uint8Array, what: string): StructValue<K> {
+/**
+ * Decodes the fields of `spec` from `bytes`. A u64 above 2^53 is refused, unless `exact` is false: then it is
+ * the nearest number (for qemu-img check, which reports what follows from such a value instead of refusing it).
+ */
+export function decodeStruct<K extends string>(spec: StructSpec<K>, bytes: Uint8Array, what: string, options: { exact?: boolean } = {}): StructValue<K> {
   const view = viewOf(bytes);
+  const exact = options.exact ?? true;
   const out = {} as StructValue<K>;
   for (const key of Object.keys(spec) as K[]) {
     const { type, offset } = spec[key];
@@ -72,7 +77,7 @@ export function decodeStruct<K extends string>(spec: StructSpec<K>, bytes: Uint8
       case 'u8': out[key] = view.getUint8(offset); break;
       case 'u16': out[key] = view.getUint16(offset); break;
       case 'u32': out[key] = view.getUint32(offset); break;
-      case 'u64': out[key] = readU64(view, offset, `${what} field ${key}`); break;
+      case 'u64': out[key] = exact ? readU64(view, offset, `${what} field ${key}`) : view.getUint32(offset) * 0x100000000 + view.getUint32(offset + 4); break;
       case 'u16le': out[key] = view.getUint16(offset, true); break;
       case 'u32le': out[key] = view.getUint32(offset, true); break;
       case 'u64le': out[key] = readU64le(view, offset, `${what} field ${key}`); break;
