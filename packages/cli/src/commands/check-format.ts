@@ -11,7 +11,8 @@ export async function checkFormatDevice(device: BlockDevice, filename: string, r
   if (device.check === undefined || (repair && device.format === 'vmdk')) throw new CommandError('This image format does not support checks', 63);
   if (repair) throw new CommandError(`check -r on ${device.format} images is not supported by qcowkit`);
   const found = await device.check();
-  for (const line of found.messages) onMessage(line);
+  // qemu's error_report lines carry the program's name; its bare prints (VMDK's) do not.
+  for (const line of found.messages) onMessage(found.reports ? `qcowkit: ${line}` : line);
   return {
     filename,
     format: device.format as CheckReport['format'],

@@ -181,10 +181,12 @@ export function registerCheck(program: Command): void {
       const forceShare = opts.forceShare === true;
       if (mode !== undefined) refuseForceShareForWriting(opts, filename);
       try {
+        // forCheck: a VHDX whose blocks point past its end opens, for check to report them (qemu's BDRV_O_CHECK).
         const device = await openImageFile(filename, {
           ...(format === undefined ? {} : { format }),
           ...(forceShare ? { forceShare } : {}),
           ...(mode === undefined ? {} : { lockWrite: true }),
+          forCheck: true,
         });
         if (!(device instanceof Qcow2Device)) {
           const report = await withDevice(device, () => checkFormatDevice(device, filename, mode !== undefined, (line) => process.stderr.write(`${line}\n`)));

@@ -21,6 +21,8 @@ const CASES: Array<{ format: 'vpc' | 'vmdk' | 'vhdx'; options: string[]; notThis
   { format: 'vpc', options: ['-o', 'subformat=fixed'], notThisFormat: /invalid VPC image|File too small for a VHD header/, checks: false },
   { format: 'vmdk', options: [], notThisFormat: /invalid VMDK image descriptor|File is too small, not a valid image/, checks: true },
   { format: 'vmdk', options: ['-o', 'subformat=streamOptimized'], notThisFormat: /invalid VMDK image descriptor|File is too small, not a valid image/, checks: true },
+  { format: 'vhdx', options: [], notThisFormat: /Invalid argument/, checks: true },
+  { format: 'vhdx', options: ['-o', 'subformat=fixed'], notThisFormat: /Invalid argument/, checks: true },
 ];
 const KILLS = 6;
 

@@ -109,8 +109,20 @@ function formatOptions(format: CloudFormat, value: (key: string) => string | und
         ...(zeroedGrain === undefined ? {} : { zeroedGrain }),
       };
     }
-    default:
-      throw new CommandError(`Unknown file format '${format}'`);
+    case 'vhdx': {
+      const { block_state_zero: blockStateZero } = flag('block_state_zero');
+      const subformat = value('subformat');
+      const logSize = value('log_size');
+      const blockSize = value('block_size');
+      if (subformat !== undefined && !isOneOf(subformat, ['dynamic', 'fixed'])) refusals.push(`Parameter 'subformat' does not accept value '${subformat}'`);
+      return {
+        format,
+        ...(subformat === 'dynamic' || subformat === 'fixed' ? { subformat } : {}),
+        ...(logSize === undefined ? {} : { logSize: parseSize(logSize) }),
+        ...(blockSize === undefined ? {} : { blockSize: parseSize(blockSize) }),
+        ...(blockStateZero === undefined ? {} : { blockStateZero }),
+      };
+    }
   }
 }
 

@@ -51,6 +51,8 @@ export const killScenarios: KillScenario[] = [
   { name: 'convert -O vpc (fixed, force_size)', args: ['convert', '-O', 'vpc', '-o', 'subformat=fixed,force_size', D, 'out.vhd'], fixtures: [D], images: { 'out.vhd': 'made' }, formats: { 'out.vhd': 'vpc' } },
   { name: 'create -f vpc', args: ['create', '-f', 'vpc', 'new.vhd', '64M'], fixtures: [], images: { 'new.vhd': 'made' }, formats: { 'new.vhd': 'vpc' } },
   { name: 'convert -O vmdk', args: ['convert', '-O', 'vmdk', D, 'out.vmdk'], fixtures: [D], images: { 'out.vmdk': 'made' }, formats: { 'out.vmdk': 'vmdk' } },
+  { name: 'convert -O vhdx', args: ['convert', '-O', 'vhdx', D, 'out.vhdx'], fixtures: [D], images: { 'out.vhdx': 'made' }, formats: { 'out.vhdx': 'vhdx' } },
+  { name: 'convert -O vhdx (fixed)', args: ['convert', '-O', 'vhdx', '-o', 'subformat=fixed', D, 'out.vhdx'], fixtures: [D], images: { 'out.vhdx': 'made' }, formats: { 'out.vhdx': 'vhdx' } },
   { name: 'convert -O vmdk (streamOptimized)', args: ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', D, 'out.vmdk'], fixtures: [D], images: { 'out.vmdk': 'made' }, formats: { 'out.vmdk': 'vmdk' } },
 ];
 

@@ -65,6 +65,8 @@ export interface FormatCheckResult {
   corruptions: number;
   /** qemu's stderr lines, in order. */
   messages: string[];
+  /** The lines are error reports that qemu-img prefixes with its name (VHDX), not bare prints (VMDK). */
+  reports?: boolean;
   /** Set when qemu-img would print "Check failed: <failure>" and exit 1 (VMDK stops at the first bad grain). */
   failure?: string;
 }

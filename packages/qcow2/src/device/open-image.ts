@@ -15,6 +15,8 @@ import { RawDevice } from './raw-device.js';
 /** Options of openImage: the host files, the format, the reference gate, writability and cache mode. */
 export interface OpenImageOptions {
   hostFiles: HostFiles;
+  /** Opened for qemu-img check: a VHDX with blocks past its end opens, so check can report them (BDRV_O_CHECK). */
+  forCheck?: boolean;
   /** The image's format; probed from its first bytes when absent (as qemu-img does for the top image). */
   format?: ImageFormat;
   /** Follow (or refuse) backing and data file references; default: follow, like qemu-img. */
@@ -118,6 +120,7 @@ async function openLayer(
         hostFiles: options.hostFiles,
         gate: options.gate ?? trustingGate,
         ...(options.codecs === undefined ? {} : { codecs: options.codecs }),
+        ...(options.forCheck ? { forCheck: true } : {}),
       });
     }
     const gate = options.gate ?? trustingGate;

@@ -46,7 +46,10 @@ export { convertToSink, type ConvertToSinkOptions } from '../ops/convert-to-sink
 export type { ImageSink } from '../device/image-sink.js';
 export type { ImageDetails, FormatCheckResult } from '../device/block-device.js';
 export { VmdkDevice, type VmdkOpenContext } from '../formats/vmdk/vmdk-device.js';
-export { createImageSink, type NewImageOptions } from '../formats/create-image-sink.js';
+export { createVmdk, vmdkCreatedSize, type VmdkCreateOptions } from '../formats/vmdk/vmdk-sink.js';
+export { VhdxDevice } from '../formats/vhdx/vhdx-device.js';
+export { createVhdx, vhdxCreateSizes, type VhdxCreateOptions } from '../formats/vhdx/vhdx-sink.js';
+export { createImageSink, createdSize, type NewImageOptions } from '../formats/create-image-sink.js';
 export { openFormatDevice } from '../formats/open-format.js';
 export { VpcDevice } from '../formats/vpc/vpc-device.js';
 export type { VhdFooter } from '../formats/vpc/footer.js';

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -53,6 +53,8 @@ interface Variant {
   /** What qemu-img says about a file that is not of the format. */
   notThisFormat: RegExp;
   qemuChecks: boolean;
+  /** When the refusal message does not say why: the format's magic at offset 0, which a refused prefix must lack. */
+  magicAt0?: string;
 }
 
 const variants: Variant[] = [
@@ -60,6 +62,9 @@ const variants: Variant[] = [
   { name: 'vpc fixed', format: 'vpc', options: { subformat: 'fixed' }, notThisFormat: /invalid VPC image|File too small for a VHD header/, qemuChecks: false },
   { name: 'vmdk monolithicSparse', format: 'vmdk', options: {}, notThisFormat: /invalid VMDK image descriptor|File is too small, not a valid image/, qemuChecks: true },
   { name: 'vmdk streamOptimized', format: 'vmdk', options: { subformat: 'streamOptimized' }, notThisFormat: /invalid VMDK image descriptor|File is too small, not a valid image/, qemuChecks: true },
+  // qemu says only "Invalid argument" for a file without the "vhdxfile" signature; the test checks the signature too.
+  { name: 'vhdx dynamic', format: 'vhdx', options: { blockSize: 1024 * 1024 }, notThisFormat: /Invalid argument/, qemuChecks: true, magicAt0: 'vhdxfile' },
+  { name: 'vhdx fixed', format: 'vhdx', options: { subformat: 'fixed', blockSize: 1024 * 1024 }, notThisFormat: /Invalid argument/, qemuChecks: true, magicAt0: 'vhdxfile' },
 ];
 
 const SIZE = 20 * 1024 * 1024 + 3 * 512;
@@ -103,6 +108,7 @@ describe.runIf(hasQemuImg())('a convert killed after any of its writes leaves no
         const where = `after ${n} of ${storage.ops.length} operations`;
         if (info.status !== 0) {
           expect(info.stderr, `${where}: ${info.stderr}`).toMatch(variant.notThisFormat);
+          if (variant.magicAt0 !== undefined) expect(readFileSync(file).subarray(0, variant.magicAt0.length).toString('latin1'), where).not.toBe(variant.magicAt0);
           const probed = spawnSync('qemu-img', ['info', '--output=json', file], { encoding: 'utf8' });
           expect(probed.status, where).toBe(0);
           expect(JSON.parse(probed.stdout).format, where).toBe('raw');

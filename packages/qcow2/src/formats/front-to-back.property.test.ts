@@ -37,6 +37,9 @@ const variants: Variant[] = [
   { name: 'vpc fixed force_size', format: 'vpc', options: { subformat: 'fixed', forceSize: true }, qemuChecks: false },
   { name: 'vmdk monolithicSparse', format: 'vmdk', options: {}, qemuChecks: true },
   { name: 'vmdk streamOptimized', format: 'vmdk', options: { subformat: 'streamOptimized' }, qemuChecks: true },
+  { name: 'vhdx dynamic (1 MiB blocks)', format: 'vhdx', options: { blockSize: 1024 * 1024 }, qemuChecks: true },
+  { name: 'vhdx dynamic, NOT_PRESENT blocks', format: 'vhdx', options: { blockStateZero: false }, qemuChecks: true },
+  { name: 'vhdx fixed', format: 'vhdx', options: { subformat: 'fixed', blockSize: 2 * 1024 * 1024 }, qemuChecks: true },
 ];
 
 const MAX_SIZE = 12 * 1024 * 1024;

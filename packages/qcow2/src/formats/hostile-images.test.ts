@@ -14,6 +14,10 @@ import { MemoryFiles } from '../test-support/memory-files.js';
 import { untrustedGate } from '../device/open-policy.js';
 import { zlibSync } from 'fflate';
 import { vhdChecksum } from './vpc/footer.js';
+import { decodeHeader, encodeHeader, encodeRegionTable, HEADER_OFFSETS, REGION_TABLE_OFFSETS, type RegionEntry } from './vhdx/header-section.js';
+import { crc32c } from './vhdx/crc32c.js';
+import { BAT_REGION, METADATA_REGION, randomGuid } from './vhdx/guid.js';
+import { logEntry, withLog } from '../test-support/vhdx-log-entry.js';
 
 /**
  * Broken and hostile images of the front-to-back formats: truncated files, bad checksums, tables pointing
@@ -260,5 +264,136 @@ describe('hostile VMDK images', () => {
         { numRuns: 300 },
       );
     }
+  });
+});
+
+// --- VHDX --------------------------------------------------------------------------------------------------
+
+const MiB = 1024 * 1024;
+const VHDX_SIZE = 8 * MiB;
+/** Where the layout of a new 8 MiB VHDX with 1 MiB blocks and a 1 MiB log puts things. */
+const LOG = MiB;
+const VHDX_BAT = 2 * MiB;
+const VHDX_METADATA = 3 * MiB;
+
+/** Rewrites both headers after `change`, with good checksums. */
+function headers(bytes: Uint8Array, change: (h: NonNullable<ReturnType<typeof decodeHeader>>, i: number) => void): Uint8Array {
+  const out = bytes.slice();
+  HEADER_OFFSETS.forEach((offset, i) => {
+    const header = decodeHeader(out.subarray(offset, offset + 4096))!;
+    change(header, i);
+    out.set(encodeHeader(header), offset);
+  });
+  return out;
+}
+
+/** Rewrites the region table (both copies) with these entries. */
+function regions(bytes: Uint8Array, entries: RegionEntry[]): Uint8Array {
+  const out = bytes.slice();
+  for (const offset of REGION_TABLE_OFFSETS) out.set(encodeRegionTable(entries), offset);
+  return out;
+}
+
+const standardRegions = (): RegionEntry[] => [
+  { guid: BAT_REGION, fileOffset: VHDX_BAT, length: MiB, required: true },
+  { guid: METADATA_REGION, fileOffset: VHDX_METADATA, length: MiB, required: true },
+];
+
+/** Patches the metadata region's table (and nothing checks a checksum there: there is none). */
+function metadataPatch(bytes: Uint8Array, patch: (view: DataView, at: number) => void): Uint8Array {
+  return patched(bytes, (v) => patch(v, VHDX_METADATA));
+}
+
+/** Sets BAT entry `index` (little-endian u64 halves). */
+function batEntry(bytes: Uint8Array, index: number, lo: number, hi = 0): Uint8Array {
+  return patched(bytes, (v) => {
+    v.setUint32(VHDX_BAT + index * 8, lo >>> 0, true);
+    v.setUint32(VHDX_BAT + index * 8 + 4, hi, true);
+  });
+}
+
+describe('hostile VHDX images', () => {
+  const dynamic = validImage({ format: 'vhdx', size: VHDX_SIZE, blockSize: MiB });
+
+  it('the unpatched image opens and reads (the cases below fail for their patch)', async () => {
+    await openAndRead('vhdx', await dynamic);
+    // The layout the cases assume.
+    const bytes = await dynamic;
+    expect(new DataView(bytes.buffer).getUint32(VHDX_BAT, true) & 7).toBe(6);
+  });
+
+  const sector = (fill: number): Uint8Array => new Uint8Array(4096).fill(fill);
+  const cases: Array<[string, () => Promise<Uint8Array>, string]> = [
+    ['no signature', async () => patched(await dynamic, (_v, b) => b.fill(0, 0, 8)), 'BAD_MAGIC'],
+    ['truncated inside the header section', async () => (await dynamic).subarray(0, 100 * 1024), 'TRUNCATED'],
+    ['both headers with bad checksums', async () => patched(await dynamic, (v) => { v.setUint32(64 * 1024 + 4, 1, true); v.setUint32(128 * 1024 + 4, 1, true); }), 'BAD_HEADER'],
+    ['two different headers with one sequence number', async () => headers(await dynamic, (h, i) => { h.sequenceNumber = 7; h.logLength = i === 0 ? MiB : 2 * MiB; }), 'BAD_HEADER'],
+    ['log offset not MiB-aligned', async () => headers(await dynamic, (h) => { h.logOffset = MiB + 4096; }), 'BAD_HEADER'],
+    ['log version 1', async () => headers(await dynamic, (h) => { h.logVersion = 1; }), 'BAD_HEADER'],
+    ['region table checksum wrong', async () => patched(await dynamic, (v) => v.setUint32(192 * 1024 + 4, 5, true)), 'BAD_CHECKSUM'],
+    ['region table with 5000 entries', async () => patched(await dynamic, (v, b) => { v.setUint32(192 * 1024 + 8, 5000, true); v.setUint32(192 * 1024 + 4, crc32c(b.subarray(192 * 1024, 256 * 1024), 4), true); }), 'BAD_HEADER'],
+    ['BAT over the metadata region', async () => regions(await dynamic, [{ guid: BAT_REGION, fileOffset: VHDX_METADATA, length: MiB, required: true }, { guid: METADATA_REGION, fileOffset: VHDX_METADATA, length: MiB, required: true }]), 'BAD_HEADER'],
+    ['region over the log', async () => regions(await dynamic, [...standardRegions(), { guid: randomGuid(), fileOffset: LOG, length: 4096, required: false }]), 'BAD_HEADER'],
+    ['no BAT region', async () => regions(await dynamic, standardRegions().slice(1)), 'BAD_HEADER'],
+    ['an unknown required region', async () => regions(await dynamic, [...standardRegions(), { guid: randomGuid(), fileOffset: 7 * MiB, length: MiB, required: true }]), 'UNSUPPORTED_FEATURE'],
+    ['BAT region too small', async () => regions(await dynamic, [{ ...standardRegions()[0]!, length: 8 }, standardRegions()[1]!]), 'BAD_ALLOCATION_TABLE'],
+    ['metadata region past the end', async () => regions(await dynamic, [standardRegions()[0]!, { ...standardRegions()[1]!, fileOffset: 1024 * MiB }]), 'TRUNCATED'],
+    ['metadata signature wrong', async () => metadataPatch(await dynamic, (v, at) => v.setUint32(at, 0, true)), 'BAD_HEADER'],
+    ['metadata item twice', async () => metadataPatch(await dynamic, (_v, at) => { const b = new Uint8Array(_v.buffer); b.copyWithin(at + 64, at + 32, at + 48); }), 'BAD_HEADER'],
+    ['metadata item outside the region', async () => metadataPatch(await dynamic, (v, at) => v.setUint32(at + 32 + 16, 0x7fffffff, true)), 'BAD_HEADER'],
+    ['differencing (has a parent)', async () => metadataPatch(await dynamic, (v, at) => v.setUint32(at + 65536 + 4, 2, true)), 'UNSUPPORTED_FEATURE'],
+    ['block size 3 MiB', async () => metadataPatch(await dynamic, (v, at) => v.setUint32(at + 65536, 3 * MiB, true)), 'BAD_HEADER'],
+    ['logical sector size 1024', async () => metadataPatch(await dynamic, (v, at) => v.setUint32(at + 65536 + 32, 1024, true)), 'BAD_HEADER'],
+    ['virtual size 64 TiB with 1 MiB blocks (a BAT of 64 Mi entries)', async () => metadataPatch(await dynamic, (v, at) => { v.setUint32(at + 65536 + 8, 0, true); v.setUint32(at + 65536 + 12, 0x4000, true); }), 'BAD_ALLOCATION_TABLE'],
+    ['BAT entry past the end of the file', async () => batEntry(await dynamic, 0, (0x7ff << 20) | 6), 'BAD_ALLOCATION_TABLE'],
+    ['BAT entry offset above 2^53', async () => batEntry(await dynamic, 0, 6, 0x7fffffff), 'BAD_ALLOCATION_TABLE'],
+    ['BAT entry over the metadata region', async () => batEntry(await dynamic, 0, (3 << 20) | 6), 'BAD_ALLOCATION_TABLE'],
+    ['block partially present (differencing only)', async () => batEntry(await dynamic, 1, 7), 'UNSUPPORTED_FEATURE'],
+    [
+      'a log entry to replay',
+      async () => {
+        const guid = randomGuid();
+        return withLog(await dynamic, guid, logEntry({ logGuid: guid, sequence: 5, writes: [{ fileOffset: VHDX_BAT, sector: sector(0) }], flushedFileOffset: VHDX_SIZE, lastFileOffset: VHDX_SIZE }));
+      },
+      'LOG_REPLAY_NEEDED',
+    ],
+    [
+      'a log entry whose descriptor has another sequence number',
+      async () => {
+        const guid = randomGuid();
+        const entry = logEntry({ logGuid: guid, sequence: 5, writes: [{ fileOffset: VHDX_BAT, sector: sector(0) }], flushedFileOffset: VHDX_SIZE, lastFileOffset: VHDX_SIZE });
+        new DataView(entry.buffer).setUint32(64 + 24, 6, true);
+        return withLog(await dynamic, guid, entry);
+      },
+      'BAD_HEADER',
+    ],
+  ];
+  for (const [name, make, code] of cases) {
+    it(`${name}: ${code}`, async () => {
+      await expectTypedError('vhdx', await make(), code);
+    });
+  }
+
+  it('a log GUID with no valid entry (a checksum off): nothing to replay, the image opens', async () => {
+    const guid = randomGuid();
+    const entry = logEntry({ logGuid: guid, sequence: 5, writes: [{ fileOffset: VHDX_BAT, sector: sector(0) }], flushedFileOffset: VHDX_SIZE, lastFileOffset: VHDX_SIZE });
+    entry[4] = entry[4]! ^ 1;
+    await openAndRead('vhdx', withLog(await dynamic, guid, entry));
+  });
+
+  it('random corruption of the header section, BAT and metadata gives a Qcow2Error or a readable disk, never anything else', async () => {
+    const image = await dynamic;
+    const interesting = [64 * 1024, 128 * 1024, 192 * 1024, VHDX_BAT, VHDX_METADATA, VHDX_METADATA + 65536];
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.tuple(fc.constantFrom(...interesting), fc.integer({ min: 0, max: 200 }), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 6 }), async (flips) => {
+        const bytes = patched(image, (_v, b) => {
+          for (const [base, at, value] of flips) b[base + at] = value;
+        });
+        await openAndRead('vhdx', bytes).catch((error: unknown) => {
+          expect(error).toBeInstanceOf(Qcow2Error);
+        });
+      }),
+      { numRuns: 300 },
+    );
   });
 });

@@ -2,7 +2,7 @@ import type { BlockDevice, ImageFormat } from '../device/block-device.js';
 import type { HostFiles, ReferenceGate } from '../device/host-files.js';
 import type { CompressionCodecs } from '../engine/compression.js';
 import type { Storage } from '../io/storage.js';
-import { Qcow2Error } from '../errors.js';
+import { VhdxDevice } from './vhdx/vhdx-device.js';
 import { VmdkDevice } from './vmdk/vmdk-device.js';
 import { VpcDevice } from './vpc/vpc-device.js';
 
@@ -11,6 +11,8 @@ export interface FormatOpenContext {
   hostFiles?: HostFiles;
   gate?: ReferenceGate;
   codecs?: CompressionCodecs;
+  /** Opened for qemu-img check (a VHDX whose blocks point past its end still opens). */
+  forCheck?: boolean;
 }
 
 /** Opens a VHD, VMDK or VHDX image (read-only) from its storage. */
@@ -25,7 +27,7 @@ export async function openFormatDevice(
       return VpcDevice.open(storage, filename);
     case 'vmdk':
       return VmdkDevice.open(storage, filename, context);
-    default:
-      throw new Qcow2Error('UNKNOWN_FORMAT', `format ${format} is not supported yet`, { file: filename });
+    case 'vhdx':
+      return VhdxDevice.open(storage, filename, { forCheck: context.forCheck ?? false });
   }
 }

@@ -1,5 +1,6 @@
 import { QCOW2_MAGIC } from '../format/constants.js';
 import type { ImageFormat } from '../device/block-device.js';
+import { hasVhdxSignature } from './vhdx/header-section.js';
 import { looksLikeDescriptor } from './vmdk/descriptor.js';
 import { magicOf, VMDK3_MAGIC, VMDK4_MAGIC } from './vmdk/sparse-header.js';
 import { hasVhdCookie } from './vpc/footer.js';
@@ -14,6 +15,7 @@ export const PROBE_BYTES = 512;
 export function probeBytes(bytes: Uint8Array): ImageFormat {
   if (bytes.length >= 4 && new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0) === QCOW2_MAGIC) return 'qcow2';
   if (hasVhdCookie(bytes)) return 'vpc';
+  if (hasVhdxSignature(bytes)) return 'vhdx';
   const magic = magicOf(bytes);
   if (magic === VMDK4_MAGIC || magic === VMDK3_MAGIC || looksLikeDescriptor(bytes)) return 'vmdk';
   return 'raw';
