@@ -17,6 +17,7 @@ import { convertRaw } from './convert-raw.js';
 import { map } from './map.js';
 import { vmSnapshot } from './vm-snapshot.js';
 import { convertQcow2 } from './convert-qcow2.js';
+import { convertCloud } from './convert-cloud.js';
 import { snapshot } from './snapshot.js';
 import { ROW_KEYS, table } from './table.js';
 import type { BenchContext, BenchResult, Benchmark } from './lib/bench.js';
@@ -25,7 +26,7 @@ import { benchTempDir, cleanImageCache, imageCacheDir } from './lib/images.js';
 import { dropCachesUnavailable, formatCommand, hasGnuTime, type CacheMode } from './lib/process.js';
 import { renderReport } from './lib/report.js';
 
-const BENCHMARKS: Benchmark[] = [table, convertRaw, map, convertQcow2, snapshot, commitRebase, vmSnapshot];
+const BENCHMARKS: Benchmark[] = [table, convertRaw, map, convertQcow2, convertCloud, snapshot, commitRebase, vmSnapshot];
 
 const benchDir = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(benchDir, '..');

@@ -5,7 +5,7 @@ import { BufferedOutput } from '../output/buffered-output.js';
 import { CommandError } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat, type OutputFormat } from '../output/output-format.js';
-import { checkFormatDevice } from './check-format.js';
+import { checkFormatDevice, repairBeforeOpen } from './check-format.js';
 import { FORCE_SHARE_OPTION, parseFormatFlag, refuseForceShareForWriting, withDevice } from './open.js';
 
 interface CheckFlags {
@@ -181,6 +181,8 @@ export function registerCheck(program: Command): void {
       const forceShare = opts.forceShare === true;
       if (mode !== undefined) refuseForceShareForWriting(opts, filename);
       try {
+        // -r on a VHDX: qemu opens it for writing, which replays its log first.
+        const corruptionsFixed = mode === undefined ? 0 : await repairBeforeOpen(filename, format);
         // forCheck: a VHDX whose blocks point past its end opens, for check to report them (qemu's BDRV_O_CHECK).
         const device = await openImageFile(filename, {
           ...(format === undefined ? {} : { format }),
@@ -189,8 +191,14 @@ export function registerCheck(program: Command): void {
           forCheck: true,
         });
         if (!(device instanceof Qcow2Device)) {
-          const report = await withDevice(device, () => checkFormatDevice(device, filename, mode !== undefined, (line) => process.stderr.write(`${line}\n`)));
-          process.exitCode = finish(report, filename, output, quiet);
+          const repair = mode === undefined ? undefined : { corruptionsFixed };
+          const report = await withDevice(device, () => checkFormatDevice(device, filename, repair, (line) => process.stderr.write(`${line}\n`)));
+          if (corruptionsFixed > 0 && output === 'human' && !quiet) {
+            process.stdout.write(
+              'The following inconsistencies were found and repaired:\n\n    0 leaked clusters\n' + `    ${corruptionsFixed} corruptions\n\nDouble checking the fixed image now...\n`,
+            );
+          }
+          process.exitCode = finish(report, filename, output, quiet, report);
           return;
         }
         await device.close();

@@ -263,6 +263,35 @@ describe.runIf(hasQemuImg())('cloud formats against qemu-img 7.2', { timeout: 60
     }
   });
 
+  describe('VHD footers qemu reads its own way', () => {
+    /** vpc image `from` with its footer at `at` (from the end when negative) saying disk type `type`. */
+    function retyped(from: string, name: string, type: number, at: number): void {
+      const bytes = new Uint8Array(readFileSync(join(dir, from)));
+      const offset = at < 0 ? bytes.length + at : at;
+      const view = new DataView(bytes.buffer);
+      view.setUint32(offset + 60, type);
+      let sum = 0;
+      for (let i = 0; i < 512; i++) if (i < 64 || i >= 68) sum += bytes[offset + i]!;
+      view.setUint32(offset + 64, ~sum >>> 0);
+      writeFileSync(join(dir, name), bytes);
+    }
+    it('a dynamic disk whose first footer says "fixed": qemu reads the file as it is, and so does qcowkit', () => {
+      retyped('vpc-dynamic.vhd', 'vpc-typed-fixed.vhd', 2, 0);
+      expect(qcowkit(['convert', '-f', 'vpc', '-O', 'raw', 'vpc-typed-fixed.vhd', 'typed.ours.raw'], dir).status).toBe(0);
+      expect(qemu(['convert', '-f', 'vpc', '-O', 'raw', 'vpc-typed-fixed.vhd', 'typed.qemu.raw'], dir).status).toBe(0);
+      expect(sha256(join(dir, 'typed.ours.raw'))).toBe(sha256(join(dir, 'typed.qemu.raw')));
+      expect(qcowkit(['map', '-f', 'vpc', '--output=json', 'vpc-typed-fixed.vhd'], dir).stdout).toBe(qemu(['map', '-f', 'vpc', '--output=json', 'vpc-typed-fixed.vhd'], dir).stdout);
+    });
+    it('a footer only at the end must say "fixed": anything else is no VHD, for qemu as for qcowkit', () => {
+      retyped('vpc-fixed.vhd', 'vpc-typed-dynamic.vhd', 3, -512);
+      const ours = qcowkit(['info', '-f', 'vpc', 'vpc-typed-dynamic.vhd'], dir);
+      const theirs = qemu(['info', '-f', 'vpc', 'vpc-typed-dynamic.vhd'], dir);
+      expect(theirs.stderr).toMatch(/invalid VPC image/);
+      expect(ours.status).toBe(1);
+      expect(ours.stderr).toMatch(/invalid VPC image/);
+    });
+  });
+
   describe('vhdx log', () => {
     /** vhdx-dynamic.vhdx with a log entry that rewrites the BAT's first sector: block 0 ZERO (the log's checksum damaged when `broken`). */
     function dirty(name: string, broken: boolean): void {
@@ -291,6 +320,24 @@ describe.runIf(hasQemuImg())('cloud formats against qemu-img 7.2', { timeout: 60
       // The replayed entry made block 0 read as zeros: the log was applied, not ignored.
       expect(readFileSync(join(dir, 'dirty.ours.raw')).subarray(0, 1024 * 1024).every((b) => b === 0)).toBe(true);
       expect(qemu(['compare', '-f', 'vhdx', 'vhdx-dynamic.vhdx', 'mixed.raw'], dir).status).toBe(0);
+    });
+    it('check -r all replays the log as qemu-img does: same words, and the same disk afterwards', () => {
+      dirty('vhdx-replay.ours.vhdx', false);
+      writeFileSync(join(dir, 'vhdx-replay.qemu.vhdx'), readFileSync(join(dir, 'vhdx-replay.ours.vhdx')));
+      for (const args of [[], ['--output=json']]) {
+        if (args.length > 0) {
+          dirty('vhdx-replay.ours.vhdx', false);
+          writeFileSync(join(dir, 'vhdx-replay.qemu.vhdx'), readFileSync(join(dir, 'vhdx-replay.ours.vhdx')));
+        }
+        const ours = qcowkit(['check', '-r', 'all', ...args, 'vhdx-replay.ours.vhdx'], dir);
+        const theirs = qemu(['check', '-r', 'all', ...args, 'vhdx-replay.qemu.vhdx'], dir);
+        expect(ours.status).toBe(theirs.status);
+        expect(ours.stdout.replace('vhdx-replay.ours.vhdx', 'X')).toBe(theirs.stdout.replace('vhdx-replay.qemu.vhdx', 'X'));
+      }
+      // Replayed: qemu-img opens ours read-only, checks it clean, and reads what it reads from its own.
+      expect(qemu(['check', 'vhdx-replay.ours.vhdx'], dir).status).toBe(0);
+      expect(qemu(['compare', '-f', 'vhdx', '-F', 'vhdx', 'vhdx-replay.ours.vhdx', 'vhdx-replay.qemu.vhdx'], dir).status).toBe(0);
+      expect(qemu(['compare', '-f', 'vhdx', '-F', 'raw', 'vhdx-replay.ours.vhdx', 'mixed.raw'], dir).status).toBe(1);
     });
     it('a log entry with a wrong checksum is no log to replay, for qemu-img as for qcowkit', () => {
       dirty('vhdx-dirty-broken.vhdx', true);

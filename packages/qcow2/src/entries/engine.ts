@@ -48,6 +48,8 @@ export type { ImageDetails, FormatCheckResult } from '../device/block-device.js'
 export { VmdkDevice, type VmdkOpenContext } from '../formats/vmdk/vmdk-device.js';
 export { createVmdk, vmdkCreatedSize, type VmdkCreateOptions } from '../formats/vmdk/vmdk-sink.js';
 export { VhdxDevice } from '../formats/vhdx/vhdx-device.js';
+export { replayVhdxLog } from '../formats/vhdx/log-replay.js';
+export { probeBytes } from '../formats/probe.js';
 export { createVhdx, vhdxCreateSizes, type VhdxCreateOptions } from '../formats/vhdx/vhdx-sink.js';
 export { createImageSink, createdSize, type NewImageOptions } from '../formats/create-image-sink.js';
 export { openFormatDevice } from '../formats/open-format.js';

@@ -11,6 +11,9 @@ import type { Storage } from '../io/storage.js';
 import { convertToSink } from '../ops/convert-to-sink.js';
 import { fillPattern } from '../test-support/guest-model.js';
 import { createImageSink, type NewImageOptions } from './create-image-sink.js';
+import { replayVhdxLog } from './vhdx/log-replay.js';
+import { randomGuid } from './vhdx/guid.js';
+import { logEntry, withLog } from '../test-support/vhdx-log-entry.js';
 
 requireQemuImg();
 
@@ -37,8 +40,8 @@ class RecordingStorage extends MemoryStorage {
   }
 }
 
-async function replay(ops: Op[]): Promise<Uint8Array> {
-  const storage: Storage = new MemoryStorage();
+async function replay(ops: Op[], initial: Uint8Array = new Uint8Array(0)): Promise<Uint8Array> {
+  const storage: Storage = new MemoryStorage(initial.slice());
   for (const op of ops) {
     if (op.kind === 'write') await storage.write(op.bytes, op.offset);
     else await storage.truncate(op.size);
@@ -125,4 +128,47 @@ describe.runIf(hasQemuImg())('a convert killed after any of its writes leaves no
       expect(complete).toBeGreaterThan(0);
     });
   }
+});
+
+describe.runIf(hasQemuImg())('a VHDX log replay (check -r all) killed after any of its writes', { timeout: 600_000 }, () => {
+  it('leaves an image whose log still replays, or the replayed one', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'qcowkit-formats-replay-'));
+    try {
+      // A 20 MiB VHDX with 1 MiB blocks (BAT at 2 MiB), and a log entry that marks its first block ZERO and zeroes
+      // 8 KiB of its second block.
+      const out = new MemoryStorage(new Uint8Array(0), { name: 'out' });
+      await convertToSink(await RawDevice.open(new MemoryStorage(sourceDisk())), await createImageSink(out, { format: 'vhdx', size: SIZE, blockSize: 1024 * 1024 }));
+      const image = out.contents().slice();
+      const view = new DataView(image.buffer);
+      const second = (view.getUint32(2 * 1024 * 1024 + 8, true) >>> 20) * 1024 * 1024;
+      const batSector = image.slice(2 * 1024 * 1024, 2 * 1024 * 1024 + 4096);
+      batSector.fill(0, 0, 8);
+      batSector[0] = 2;
+      const guid = randomGuid();
+      const entry = logEntry({ logGuid: guid, sequence: 3, writes: [{ fileOffset: 2 * 1024 * 1024, sector: batSector }], zeros: [{ fileOffset: second, length: 8192 }], flushedFileOffset: image.length, lastFileOffset: image.length });
+      const dirty = withLog(image, guid, entry);
+      const storage = new RecordingStorage(dirty.slice(), { name: 'dirty' });
+      expect(await replayVhdxLog(storage)).toBe(true);
+      writeFileSync(join(dir, 'replayed.vhdx'), storage.contents());
+      expect(spawnSync('qemu-img', ['check', join(dir, 'replayed.vhdx')]).status).toBe(0);
+      let replayedAgain = 0;
+      for (let n = 0; n <= storage.ops.length; n++) {
+        const file = join(dir, 'prefix.vhdx');
+        writeFileSync(file, await replay(storage.ops.slice(0, n), dirty));
+        const where = `after ${n} of ${storage.ops.length} operations`;
+        const info = spawnSync('qemu-img', ['info', file], { encoding: 'utf8' });
+        if (info.status !== 0) {
+          expect(info.stderr, where).toMatch(/contains a log that needs to be replayed/);
+          expect(spawnSync('qemu-img', ['check', '-r', 'all', file]).status, where).toBe(0);
+          replayedAgain++;
+        }
+        expect(spawnSync('qemu-img', ['check', file]).status, where).toBe(0);
+        const compare = spawnSync('qemu-img', ['compare', '-f', 'vhdx', '-F', 'vhdx', file, join(dir, 'replayed.vhdx')], { encoding: 'utf8' });
+        expect(`${compare.stdout}${compare.stderr}`, where).toMatch(/Images are identical/);
+      }
+      expect(replayedAgain).toBeGreaterThan(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

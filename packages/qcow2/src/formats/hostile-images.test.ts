@@ -97,7 +97,7 @@ describe('hostile VHD images', () => {
   const cases: Array<[string, () => Promise<Uint8Array>, string | RegExp]> = [
     ['empty file', async () => new Uint8Array(0), 'TRUNCATED'],
     ['garbage', async () => new Uint8Array(4096).fill(0x5a), 'BAD_MAGIC'],
-    ['dynamic truncated inside the BAT', async () => (await dynamic).subarray(0, BAT + 8), 'TRUNCATED'],
+    ['dynamic truncated inside the BAT', async () => (await dynamic).subarray(0, BAT + 8), 'BAD_ALLOCATION_TABLE'],
     ['dynamic truncated inside a block', async () => (await dynamic).subarray(0, 3 * 1024 * 1024), 'BAD_ALLOCATION_TABLE'],
     ['footer checksum wrong', async () => patched(await dynamic, (v) => v.setUint32(64, v.getUint32(64) ^ 1)), 'BAD_CHECKSUM'],
     ['fixed footer checksum wrong', async () => patched(await fixed, (v, b) => v.setUint32(b.length - 512 + 64, 1)), 'BAD_CHECKSUM'],
@@ -109,7 +109,9 @@ describe('hostile VHD images', () => {
     ['BAT too small for the disk', async () => patched(await dynamic, (v) => v.setUint32(512 + 28, 1)), 'BAD_ALLOCATION_TABLE'],
     ['BAT entry past the end of the file', async () => patched(await dynamic, (v) => v.setUint32(BAT, 0x00ffffff)), 'BAD_ALLOCATION_TABLE'],
     ['BAT entry 0xfffffffe', async () => patched(await dynamic, (v) => v.setUint32(BAT + 4, 0xfffffffe)), 'BAD_ALLOCATION_TABLE'],
-    ['BAT offset past the end', async () => patched(await dynamic, (v) => v.setUint32(512 + 20, 0x7ffffff0)), 'TRUNCATED'],
+    ['BAT offset past the end', async () => patched(await dynamic, (v) => v.setUint32(512 + 20, 0x7ffffff0)), 'BAD_ALLOCATION_TABLE'],
+    ['an unused BAT entry (past the disk) pointing past the end, as qemu checks them all', async () => patched(await dynamic, (v) => { v.setUint32(512 + 28, 5); v.setUint32(BAT + 16, 0x00ffffff); }), 'BAD_ALLOCATION_TABLE'],
+    ['a footer only at the end that is not a fixed disk\'s', async () => patched(await fixed, (v, b) => { v.setUint32(b.length - 512 + 60, 3); resealVhdFooter(v, b, b.length - 512); }), 'BAD_MAGIC'],
     [
       '2 TiB disk of 512-byte blocks (a BAT of 4 Gi entries)',
       async () =>
@@ -205,7 +207,6 @@ describe('hostile VMDK images', () => {
     ['grain size 2 GiB', async () => patched(await sparse, (v) => setU32(v, 20, 0x400000)), 'BAD_HEADER'],
     ['capacity past 2^53 bytes', async () => patched(await sparse, (v) => { setU32(v, 12, 0); setU32(v, 16, 0x100000); }), 'OFFSET_TOO_LARGE'],
     ['a grain directory of 2^32 entries', async () => patched(await sparse, (v) => { setU32(v, 12, 0xffffffff); setU32(v, 16, 0x3ff); setU32(v, 20, 1); setU32(v, 44, 1); }), 'BAD_ALLOCATION_TABLE'],
-    ['grain directory past the end', async () => patched(await sparse, (v) => setU32(v, 56, 0x7ffffff0)), 'TRUNCATED'],
     ['COWD (VMDK3)', async () => patched(await sparse, (v) => setU32(v, 0, 0x434f5744)), 'UNSUPPORTED_FEATURE'],
     ['no CID in the embedded descriptor', async () => patched(await sparse, (_v, b) => b.fill(0x20, 512, 1024)), 'BAD_HEADER'],
     ['stream footer marker damaged', async () => patched(await stream, (v, b) => setU32(v, b.length - 1536 + 12, 7)), 'BAD_HEADER'],

@@ -179,7 +179,7 @@ async function checkLog(header: VhdxHeader, fileSize: number, read: (offset: num
   if (findLogSequence(await read(header.logOffset, header.logLength), header.logGuid) !== undefined) {
     throw new Qcow2Error(
       'LOG_REPLAY_NEEDED',
-      `VHDX image file '${filename}' opened read-only, but contains a log that needs to be replayed. To replay the log, run: qemu-img check -r all '${filename}'`,
+      `VHDX image file '${filename}' opened read-only, but contains a log that needs to be replayed. To replay the log, run: qcowkit check -r all '${filename}' (or qemu-img check -r all)`,
     );
   }
 }

@@ -90,7 +90,7 @@ export class SparseExtent implements VmdkExtent {
     const entries = Math.ceil(header.capacity / l1EntrySectors);
     if (entries > MAX_GD_ENTRIES) throw new Qcow2Error('BAD_ALLOCATION_TABLE', 'L1 size too big');
     const gdOffset = (header.gdOffset as number) * VMDK_SECTOR;
-    if (gdOffset + entries * 4 > fileSize) throw new Qcow2Error('TRUNCATED', `Could not read l1 table from extent '${fileName}' (it lies past the end of the file)`);
+    // Past the end of the file the directory reads as zeros (unallocated), as in qemu; its size is capped above.
     const raw = new Uint8Array(entries * 4);
     await readZeroPadded(storage, raw, gdOffset);
     const view = viewOf(raw);

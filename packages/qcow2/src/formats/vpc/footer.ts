@@ -1,5 +1,5 @@
 import { Qcow2Error } from '../../errors.js';
-import { decodeStruct, encodeStruct, viewOf, type StructSpec } from '../../format/struct.js';
+import { decodeStruct, encodeStruct, viewOf, writeU64, type StructSpec } from '../../format/struct.js';
 
 /**
  * The VHD "hard disk footer" (Microsoft Virtual Hard Disk Image Format Specification, 2006), 512 bytes,
@@ -26,8 +26,6 @@ const footerLayout = {
   timestamp: { type: 'u32', offset: 24 },
   creatorMajor: { type: 'u16', offset: 32 },
   creatorMinor: { type: 'u16', offset: 34 },
-  originalSize: { type: 'u64', offset: 40 },
-  currentSize: { type: 'u64', offset: 48 },
   cylinders: { type: 'u16', offset: 56 },
   heads: { type: 'u8', offset: 58 },
   sectorsPerTrack: { type: 'u8', offset: 59 },
@@ -41,6 +39,8 @@ const CREATOR_OS_OFFSET = 36;
 const UNIQUE_ID_OFFSET = 68;
 const DATA_OFFSET_OFFSET = 16;
 const CHECKSUM_OFFSET = 64;
+const ORIGINAL_SIZE_OFFSET = 40;
+const CURRENT_SIZE_OFFSET = 48;
 
 /** The VHD footer (also the copy at the start of a dynamic disk): geometry, sizes, disk type, ids. */
 export interface VhdFooter {
@@ -110,8 +110,13 @@ export function decodeVhdFooter(bytes: Uint8Array): VhdFooter {
     if (hi > 0x1fffff) throw new Qcow2Error('OFFSET_TOO_LARGE', `VHD footer data offset 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} is out of range`);
     dataOffset = hi * 0x100000000 + lo;
   }
+  // The sizes are not refused here when huge: qemu ignores original_size, and current_size only counts for some
+  // creators (vhdVirtualSize refuses it then). Past 2^53 they are not exact, which no valid disk needs.
+  const size = (at: number): number => view.getUint32(at) * 0x100000000 + view.getUint32(at + 4);
   return {
     ...fields,
+    originalSize: size(ORIGINAL_SIZE_OFFSET),
+    currentSize: size(CURRENT_SIZE_OFFSET),
     dataOffset,
     creatorApp: ascii(bytes, CREATOR_APP_OFFSET, 4),
     creatorOs: ascii(bytes, CREATOR_OS_OFFSET, 4),
@@ -123,13 +128,11 @@ export function decodeVhdFooter(bytes: Uint8Array): VhdFooter {
 export function encodeVhdFooter(footer: Omit<VhdFooter, 'checksum'>): Uint8Array {
   const bytes = new Uint8Array(VHD_FOOTER_SIZE);
   putAscii(bytes, 0, VHD_COOKIE, 8);
-  const { features, formatVersion, timestamp, creatorMajor, creatorMinor, originalSize, currentSize, cylinders, heads, sectorsPerTrack, diskType, savedState } = footer;
-  encodeStruct(
-    footerLayout,
-    { features, formatVersion, timestamp, creatorMajor, creatorMinor, originalSize, currentSize, cylinders, heads, sectorsPerTrack, diskType, savedState, checksum: 0 },
-    bytes,
-  );
+  const { features, formatVersion, timestamp, creatorMajor, creatorMinor, cylinders, heads, sectorsPerTrack, diskType, savedState } = footer;
+  encodeStruct(footerLayout, { features, formatVersion, timestamp, creatorMajor, creatorMinor, cylinders, heads, sectorsPerTrack, diskType, savedState, checksum: 0 }, bytes);
   const view = viewOf(bytes);
+  writeU64(view, ORIGINAL_SIZE_OFFSET, footer.originalSize);
+  writeU64(view, CURRENT_SIZE_OFFSET, footer.currentSize);
   if (footer.dataOffset === undefined) {
     view.setUint32(DATA_OFFSET_OFFSET, NO_DATA_OFFSET);
     view.setUint32(DATA_OFFSET_OFFSET + 4, NO_DATA_OFFSET);

@@ -93,6 +93,6 @@ const SIZED_BY_CURRENT_SIZE = ['win ', 'qem2', 'd2v ', 'CTXS', 'tap\0'];
 export function vhdVirtualSize(footer: { creatorApp: string; currentSize: number } & ChsGeometry): number {
   const byGeometry = geometrySectors(footer) !== MAX_GEOMETRY_SECTORS && !SIZED_BY_CURRENT_SIZE.includes(footer.creatorApp);
   const sectors = byGeometry ? geometrySectors(footer) : Math.floor(footer.currentSize / SECTOR);
-  if (sectors > VHD_MAX_SECTORS) throw new Qcow2Error('UNSUPPORTED_FEATURE', `VHD disk of ${sectors} sectors is larger than 2040 GiB`);
+  if (!(sectors <= VHD_MAX_SECTORS)) throw new Qcow2Error('UNSUPPORTED_FEATURE', `VHD disk of ${sectors} sectors is larger than 2040 GiB`);
   return sectors * SECTOR;
 }

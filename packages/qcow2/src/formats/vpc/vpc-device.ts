@@ -56,13 +56,17 @@ export class VpcDevice implements BlockDevice {
       if (!hasVhdCookie(footerBytes)) throw new Qcow2Error('BAD_MAGIC', 'invalid VPC image');
     }
     const footer = decodeVhdFooter(footerBytes);
+    // A footer found only at the end must be a fixed disk's (qemu refuses anything else there).
+    if (!dynamic && footer.diskType !== VhdDiskType.Fixed) throw new Qcow2Error('BAD_MAGIC', 'invalid VPC image');
     if (footer.diskType === VhdDiskType.Differencing) {
       // qemu reads a differencing disk as if it had no parent, which gives wrong data; refuse instead.
       throw new Qcow2Error('UNSUPPORTED_FEATURE', 'differencing VHD images (with a parent disk) are not supported');
     }
     const size = vhdVirtualSize(footer);
     const table = dynamic ? await loadBlockTable(storage, footer, size, fileSize) : undefined;
-    return new VpcDevice(filename, storage, footer, size, table, fileSize);
+    // qemu opens by where the footer is but reads by its type: a footer at offset 0 that says "fixed" (with a
+    // valid dynamic header behind it) reads the file as it is.
+    return new VpcDevice(filename, storage, footer, size, footer.diskType === VhdDiskType.Fixed ? undefined : table, fileSize);
   }
 
   async read(buffer: Uint8Array, offset: number): Promise<void> {
@@ -141,17 +145,24 @@ async function loadBlockTable(storage: Storage, footer: VhdFooter, size: number,
   if (maxTableEntries * blockSize < size) throw new Qcow2Error('BAD_ALLOCATION_TABLE', 'Page table too small');
   if (maxTableEntries > 0x1fffffff) throw new Qcow2Error('BAD_ALLOCATION_TABLE', `Max Table Entries too large (${maxTableEntries})`);
   if (needed > MAX_BAT_ENTRIES) throw new Qcow2Error('BAD_ALLOCATION_TABLE', `block allocation table of ${needed} entries is larger than supported (${MAX_BAT_ENTRIES})`);
-  if (tableOffset + needed * 4 > fileSize) throw new Qcow2Error('TRUNCATED', 'Error reading pagetable (it lies past the end of the file)');
-  const raw = new Uint8Array(needed * 4);
-  await readZeroPadded(storage, raw, tableOffset);
-  const view = new DataView(raw.buffer);
+  // qemu's test of the whole table (all max_table_entries of it): no block, nor the table itself, may end past
+  // the end of the file (which qemu counts in whole sectors). The table is scanned in pieces; the entries the
+  // disk's size needs are kept.
+  const fileEnd = Math.ceil(fileSize / 512) * 512;
+  const truncated = (what: string): Qcow2Error =>
+    new Qcow2Error('BAD_ALLOCATION_TABLE', `block-vpc: free_data_block_offset points after the end of file. The image has been truncated. (${what})`);
+  if (Math.ceil((tableOffset + maxTableEntries * 4) / 512) * 512 > fileEnd) throw truncated('the block allocation table');
   const entries = new Uint32Array(needed);
   const bitmapSize = sectorBitmapSize(blockSize);
-  for (let i = 0; i < needed; i++) {
-    const entry = view.getUint32(i * 4);
-    entries[i] = entry;
-    if (entry !== VHD_UNALLOCATED && entry * 512 + bitmapSize + blockSize > fileSize) {
-      throw new Qcow2Error('BAD_ALLOCATION_TABLE', `block-vpc: free_data_block_offset points after the end of file. The image has been truncated. (block ${i} at sector ${entry})`);
+  const piece = new Uint8Array(Math.min(maxTableEntries * 4, 4 * 1024 * 1024));
+  const view = new DataView(piece.buffer);
+  for (let first = 0; first < maxTableEntries; first += piece.length / 4) {
+    const count = Math.min(piece.length / 4, maxTableEntries - first);
+    await readZeroPadded(storage, piece.subarray(0, count * 4), tableOffset + first * 4);
+    for (let i = 0; i < count; i++) {
+      const entry = view.getUint32(i * 4);
+      if (first + i < needed) entries[first + i] = entry;
+      if (entry !== VHD_UNALLOCATED && entry * 512 + bitmapSize + blockSize > fileEnd) throw truncated(`block ${first + i} at sector ${entry}`);
     }
   }
   return { blockSize, bitmapSize, entries };
