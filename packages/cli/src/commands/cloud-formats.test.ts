@@ -206,7 +206,8 @@ describe.runIf(hasQemuImg())('cloud formats against qemu-img 7.2', { timeout: 60
       ['vhdx', ['-o', 'block_size=3M']],
     ] as const;
     for (const [format, options] of createCases) {
-      for (const size of CREATE_SIZES) {
+      // CHS geometry makes VHD sizes the interesting ones; the other formats only round to sectors.
+      for (const size of format === 'vpc' ? CREATE_SIZES : ['100M', '1000001', '0', '3G']) {
         it(`create -f ${format} ${options.join(' ')} ${size}: same line, same virtual size, same file size as qemu-img create`, () => {
           const ours = qcowkit(['create', '-f', format, ...options, 'c.ours', size], dir);
           const theirs = qemu(['create', '-f', format, ...options, 'c.qemu', size], dir);
