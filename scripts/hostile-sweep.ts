@@ -5,12 +5,15 @@
  * - a command that runs long (over 10 s) or a check that prints far more than qemu-img's (10× + 100 lines);
  * - exit 0 with other data than qemu-img reads (convert), or exit 0 where qemu-img cannot open the image.
  *
- *   npm run build && node --import tsx scripts/hostile-sweep.ts [--count N per seed] [--from I]
+ *   npm run build && node --import tsx scripts/hostile-sweep.ts [--count N per seed] [--from I] [--cloud]
+ *
+ * --cloud sweeps VHD, VMDK and VHDX seeds (packages/cli/src/test-support/cloud-mutations.ts) instead.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { makeCloudSeeds, mutateCloud } from '../packages/cli/src/test-support/cloud-mutations.js';
 import { makeSeeds, mutate } from '../packages/cli/src/test-support/hostile-mutations.js';
 import { CLI_MAIN } from '../packages/cli/src/test-support/run-cli.js';
 
@@ -33,25 +36,28 @@ const lines = (text: string): number => (text.trim() === '' ? 0 : text.trim().sp
 
 const findings: string[] = [];
 let images = 0;
-const seeds = makeSeeds(work);
+// --cloud: VHD, VMDK and VHDX seeds (cloud-mutations.ts) instead of qcow2 ones.
+const cloud = process.argv.includes('--cloud');
+const seeds: Array<{ name: string; bytes: Uint8Array; format?: string }> = cloud ? makeCloudSeeds(work) : makeSeeds(work);
 const started = Date.now();
 for (const seed of seeds) {
   for (let index = from; index < from + count; index++) {
-    const mutant = mutate(seed, index);
-    const file = 'm.qcow2';
+    const mutant = cloud ? mutateCloud(seed as Parameters<typeof mutateCloud>[0], index) : mutate(seed, index);
+    const format = seed.format ?? 'qcow2';
+    const file = 'm.img';
     writeFileSync(join(work, file), mutant.bytes);
     images++;
     const report = (what: string): void => {
       findings.push(`${mutant.name}: ${what}`);
       console.log(`FINDING ${mutant.name}: ${what}`);
     };
-    const qInfo = run('qemu-img', ['info', '-f', 'qcow2', file]);
-    const qCheck = run('qemu-img', ['check', '-f', 'qcow2', file]);
-    const qConvert = run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', file, 'q.raw']);
+    const qInfo = run('qemu-img', ['info', '-f', format, file]);
+    const qCheck = run('qemu-img', ['check', '-f', format, file]);
+    const qConvert = run('qemu-img', ['convert', '-f', format, '-O', 'raw', file, 'q.raw']);
     for (const [command, args] of [
-      ['info', ['info', '-f', 'qcow2', file]],
-      ['check', ['check', '-f', 'qcow2', file]],
-      ['convert', ['convert', '-f', 'qcow2', '-O', 'raw', file, 'k.raw']],
+      ['info', ['info', '-f', format, file]],
+      ['check', ['check', '-f', format, file]],
+      ['convert', ['convert', '-f', format, '-O', 'raw', file, 'k.raw']],
     ] as const) {
       const r = ours([...args]);
       if (/\n\s+at /.test(r.stderr) || /Error:|TypeError|RangeError/.test(r.stderr.split('\n').slice(1).join('\n'))) report(`${command}: stack trace: ${r.stderr.slice(0, 300)}`);

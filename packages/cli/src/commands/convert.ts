@@ -127,7 +127,8 @@ export function registerConvert(program: Command): void {
     flags.noCreate = flags.create === false;
     const outputFormat = parseFormatFlag(flags.outputFormat);
     if (outputFormat === undefined) throw new CommandError('-O is required');
-    if (flags.compress && outputFormat !== 'qcow2') throw new CommandError("Compression not supported for this file format");
+    // qemu's vmdk driver takes compressed writes (a stream-optimized one compresses anyway; a sparse one ignores -c).
+    if (flags.compress && outputFormat !== 'qcow2' && outputFormat !== 'vmdk') throw new CommandError("Compression not supported for this file format");
     if (isCloudFormat(outputFormat) && flags.noCreate) throw new CommandError(`-n is not supported with -O ${outputFormat}: qcowkit writes ${outputFormat} images only as new files`);
     const settings = convertCopySettings(flags);
     if (flags.backingFile !== undefined && outputFormat !== 'qcow2') throw new CommandError('-B needs qcow2 output');

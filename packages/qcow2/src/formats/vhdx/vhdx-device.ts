@@ -54,8 +54,10 @@ export class VhdxDevice implements BlockDevice {
     private readonly batProblems: string[],
   ) {}
 
+  /** The virtual size in whole logical sectors (qemu drops a partial last sector). */
   get size(): number {
-    return this.metadata.virtualDiskSize;
+    const sector = this.metadata.logicalSectorSize;
+    return Math.floor(this.metadata.virtualDiskSize / sector) * sector;
   }
 
   /** Opens an image; with `forCheck`, problems with blocks are kept for check() instead of refusing the image (qemu's BDRV_O_CHECK). */
@@ -94,7 +96,6 @@ export class VhdxDevice implements BlockDevice {
     if (bat === undefined || meta === undefined) throw new Qcow2Error('BAD_HEADER', 'VHDX region table lacks the BAT or the metadata region');
     if (meta.fileOffset + Math.min(meta.length, 64 * 1024) > fileSize) throw new Qcow2Error('TRUNCATED', 'VHDX metadata region lies past the end of the file');
     const metadata = decodeMetadata(await read(meta.fileOffset, Math.min(meta.length, MAX_METADATA_REGION, fileSize - meta.fileOffset)));
-    if (metadata.virtualDiskSize % metadata.logicalSectorSize !== 0) throw new Qcow2Error('BAD_HEADER', 'VHDX virtual disk size is not a whole number of sectors');
     const geometry = batGeometry(metadata.virtualDiskSize, metadata.blockSize, metadata.logicalSectorSize);
     if (geometry.entries * 8 > bat.length) throw new Qcow2Error('BAD_ALLOCATION_TABLE', 'VHDX BAT region is too small for the disk');
     if (geometry.usedEntries > MAX_BAT_ENTRIES) throw new Qcow2Error('BAD_ALLOCATION_TABLE', `VHDX BAT of ${geometry.usedEntries} entries is larger than supported (${MAX_BAT_ENTRIES})`);
@@ -141,6 +142,8 @@ export class VhdxDevice implements BlockDevice {
     const out: Extent[] = [];
     this.eachBlock(offset, length, (state, fileOffset, at, inBlock, n) => {
       if (state === PayloadState.FullyPresent) pushExtent(out, { offset: at, length: n, kind: 'data', depth: 0, hostOffset: fileOffset + inBlock, hostFile: this.filename });
+      // A state no reader can read (partially present: differencing only): data, so that reading it fails, as in qemu.
+      else if (state === PayloadState.PartiallyPresent || state === 4) pushExtent(out, { offset: at, length: n, kind: 'data', depth: 0 });
       else if (state === PayloadState.Zero) pushExtent(out, { offset: at, length: n, kind: 'zero', depth: 0 });
       else pushExtent(out, { offset: at, length: n, kind: 'unallocated', depth: 0 });
     });

@@ -92,7 +92,7 @@ export class SparseExtent implements VmdkExtent {
     const gdOffset = (header.gdOffset as number) * VMDK_SECTOR;
     // Past the end of the file the directory reads as zeros (unallocated), as in qemu; its size is capped above.
     const raw = new Uint8Array(entries * 4);
-    await readZeroPadded(storage, raw, gdOffset);
+    if (gdOffset < fileSize) await readZeroPadded(storage, raw, gdOffset);
     const view = viewOf(raw);
     const directory = new Uint32Array(entries);
     for (let i = 0; i < entries; i++) directory[i] = view.getUint32(i * 4, true);
@@ -125,18 +125,31 @@ export class SparseExtent implements VmdkExtent {
     return table;
   }
 
-  /** Calls `visit` for each grain piece of [offset, offset+length), a grain table at a time. */
+  /**
+   * Calls `visit` for each grain piece of [offset, offset+length) with its grain table entry, a grain table at a
+   * time; a range without a grain table comes as one piece with entry 0.
+   */
   private async forEachGrain(offset: number, length: number, visit: (entry: number, at: number, inGrain: number, n: number) => void): Promise<void> {
     const end = offset + length;
     for (let at = offset; at < end; ) {
       const gtIndex = Math.floor(at / this.gtCoverage);
+      if (this.directory[gtIndex] === 0) {
+        // No grain table here nor in the next entries: all that range is unallocated, in one piece (a huge,
+        // mostly empty disk is walked a run of directory entries at a time, not a grain at a time).
+        let last = gtIndex;
+        while (last + 1 < this.directory.length && this.directory[last + 1] === 0 && (last + 1) * this.gtCoverage < end) last++;
+        const runEnd = Math.min(end, (last + 1) * this.gtCoverage);
+        visit(0, at, at - Math.floor(at / this.grainSize) * this.grainSize, runEnd - at);
+        at = runEnd;
+        continue;
+      }
       const gtEnd = Math.min(end, (gtIndex + 1) * this.gtCoverage);
-      const table = await this.table(gtIndex);
+      const table = (await this.table(gtIndex))!;
       while (at < gtEnd) {
         const grain = Math.floor(at / this.grainSize);
         const inGrain = at - grain * this.grainSize;
         const n = Math.min(gtEnd - at, this.grainSize - inGrain);
-        visit(table === undefined ? 0 : table[grain % this.gtesPerGt]!, at, inGrain, n);
+        visit(table[grain % this.gtesPerGt]!, at, inGrain, n);
         at += n;
       }
     }

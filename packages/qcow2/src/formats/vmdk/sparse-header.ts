@@ -81,8 +81,8 @@ export function decodeSparseHeader(bytes: Uint8Array): VmdkSparseHeader {
   const hi = view.getUint32(GD_OFFSET + 4, true);
   let gdOffset: VmdkSparseHeader['gdOffset'];
   if (lo === 0xffffffff && hi === 0xffffffff) gdOffset = GD_AT_END_MARK;
-  else if (hi > 0x1fffff) throw new Qcow2Error('OFFSET_TOO_LARGE', 'VMDK grain directory offset is out of range');
-  else gdOffset = hi * 0x100000000 + lo;
+  // Past 2^53 sectors it is past any file: qemu reads zeros there (an empty directory); so does the extent.
+  else gdOffset = Math.min(hi * 0x100000000 + lo, Number.MAX_SAFE_INTEGER);
   return { ...fields, gdOffset };
 }
 
