@@ -55,7 +55,18 @@ describe('convert -m and -W', () => {
       }
     }
     // The zero bytes are left out as qemu-img leaves them out: same allocation whatever -m.
-    const allocated = (file: string): string => qemu(['map', '--output=json', file], work).stdout.replace(/"offset": \d+/g, '');
+    // Guest ranges only: with -W the host order differs, so qemu-img map splits a guest run where host offsets jump.
+    const allocated = (file: string): string => {
+      type Extent = { start: number; length: number; offset?: number; [flag: string]: unknown };
+      const merged: Extent[] = [];
+      for (const { offset: _host, ...extent } of JSON.parse(qemu(['map', '--output=json', file], work).stdout) as Extent[]) {
+        const last = merged.at(-1);
+        const sameFlags = last !== undefined && ['depth', 'present', 'zero', 'data'].every((k) => last[k] === extent[k]);
+        if (last && sameFlags && last.start + last.length === extent.start) last.length += extent.length;
+        else merged.push(extent);
+      }
+      return JSON.stringify(merged);
+    };
     expect(qcowkit(['convert', '-O', 'qcow2', 'src.raw', 'default.qcow2'], work).status).toBe(0);
     expect(qemu(['convert', '-O', 'qcow2', 'src.raw', 'qemu.qcow2'], work).status).toBe(0);
     expect(allocated('p--m1.qcow2')).toBe(allocated('qemu.qcow2'));
