@@ -48,15 +48,23 @@ const headerLayout = {
   logOffset: { type: 'u64le', offset: 72 },
 } as const satisfies StructSpec<string>;
 
+/** A VHDX header (one of the two copies at 64 and 128 KiB; the valid one with the higher sequence number is current). */
 export interface VhdxHeader {
+  /** Which copy is current: the valid header with the higher number. */
   sequenceNumber: number;
+  /** Changed on the first write of each open for writing. */
   fileWriteGuid: Uint8Array;
+  /** Changed on the first write of guest data of each open. */
   dataWriteGuid: Uint8Array;
   /** All zeros: no log to replay. */
   logGuid: Uint8Array;
+  /** 0, the only log version. */
   logVersion: number;
+  /** 1, the only header version. */
   version: number;
+  /** Bytes of the log, a multiple of 1 MiB. */
   logLength: number;
+  /** Where the log lies in the file, 1 MiB aligned. */
   logOffset: number;
 }
 

@@ -25,12 +25,17 @@ const entryLayout = {
   dataBits: { type: 'u32le', offset: 24 },
 } as const satisfies StructSpec<string>;
 
+/** The VHDX metadata items qemu and qcowkit read (the page 83 data and parent locator are only checked). */
 export interface VhdxMetadata {
+  /** Bytes of guest data per BAT entry: a power of two, 1–256 MiB. */
   blockSize: number;
   /** File parameter bits (fixed, differencing). */
   fileParameterBits: number;
+  /** Guest size in bytes. */
   virtualDiskSize: number;
+  /** 512 or 4096. */
   logicalSectorSize: number;
+  /** 512 or 4096. */
   physicalSectorSize: number;
 }
 

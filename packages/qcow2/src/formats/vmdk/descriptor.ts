@@ -114,6 +114,7 @@ export function looksLikeDescriptor(bytes: Uint8Array): boolean {
   return false;
 }
 
+/** The descriptor's ddb.adapterType values qemu-img accepts (`-o adapter_type`). */
 export type VmdkAdapterType = 'ide' | 'lsilogic' | 'buslogic' | 'legacyESX';
 
 export interface DescriptorOptions {

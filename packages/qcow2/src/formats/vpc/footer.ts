@@ -8,11 +8,13 @@ import { decodeStruct, encodeStruct, viewOf, writeU64, type StructSpec } from '.
 export const VHD_FOOTER_SIZE = 512;
 export const VHD_COOKIE = 'conectix';
 
-export const enum VhdDiskType {
-  Fixed = 2,
-  Dynamic = 3,
-  Differencing = 4,
-}
+/** The footer's disk_type values: a plain object (enums that inline are unusable under isolatedModules). */
+export const VhdDiskType = {
+  Fixed: 2,
+  Dynamic: 3,
+  Differencing: 4,
+} as const;
+export type VhdDiskType = (typeof VhdDiskType)[keyof typeof VhdDiskType];
 
 /** The footer's timestamps count seconds from 2000-01-01 00:00:00 UTC. */
 export const VHD_EPOCH_SECONDS = 946684800;
