@@ -44,6 +44,8 @@ export interface KillScenario {
    * image counts as made once qemu-img opens it as that format, and qemu-img check runs where it supports it.
    */
   formats?: Record<string, string>;
+  /** A fixture file fed to the command's standard input (`convert -f raw - OUT`), else stdin is closed. */
+  stdin?: string;
 }
 
 export type Outcome = 'clean' | 'leaked' | 'corrupt' | 'unreadable' | 'wrong-data' | 'not-made';
@@ -146,10 +148,13 @@ function sideOf(dir: string, image: string, rawOut: string, format?: string): Si
   return { file: path, size: virtualSize(dir, image, format), raw: rawOf(dir, image, rawOut, format), snapshots: snapshotNames(dir, image, format) };
 }
 
-function runCommand(dir: string, args: string[], env: Record<string, string>, killAfterMs?: number): Promise<{ killed: boolean; ms: number; status: number | null; stderr: string }> {
+function runCommand(dir: string, scenario: KillScenario, env: Record<string, string>, killAfterMs?: number): Promise<{ killed: boolean; ms: number; status: number | null; stderr: string }> {
   return new Promise((resolve, reject) => {
     const started = Date.now();
-    const child = spawn(process.execPath, [CLI_MAIN, ...args], { cwd: dir, env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    // The child gets its own descriptor of the stdin fixture; ours is closed once it has been handed over.
+    const stdin = scenario.stdin === undefined ? 'ignore' : openSync(join(dir, scenario.stdin), 'r');
+    const child = spawn(process.execPath, [CLI_MAIN, ...scenario.args], { cwd: dir, env: { ...process.env, ...env }, stdio: [stdin, 'ignore', 'pipe'] });
+    if (typeof stdin === 'number') closeSync(stdin);
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
@@ -183,7 +188,7 @@ export async function prepareScenario(scenario: KillScenario, fixtureDir: string
   const full = join(dir, 'full');
   copyInto(pristine, full, scenario.fixtures);
   const countFile = join(dir, 'writes.txt');
-  const complete = await runCommand(full, scenario.args, { QCOWKIT_WRITE_COUNT_FILE: countFile });
+  const complete = await runCommand(full, scenario, { QCOWKIT_WRITE_COUNT_FILE: countFile });
   if (complete.status !== 0) throw new Error(`${scenario.name}: a complete run failed (${complete.status}): ${complete.stderr}`);
   const writes = Number(readFileSync(countFile, 'utf8'));
   const after = new Map<string, Side>();
@@ -196,7 +201,7 @@ export async function prepareScenario(scenario: KillScenario, fixtureDir: string
   }
   const first = join(dir, 'first');
   copyInto(pristine, first, scenario.fixtures);
-  const firstRun = await runCommand(first, scenario.args, { QCOWKIT_CRASH_AT_WRITE: '1' });
+  const firstRun = await runCommand(first, scenario, { QCOWKIT_CRASH_AT_WRITE: '1' });
   rmSync(first, { recursive: true, force: true });
   return { scenario, dir, pristine, before, after, snapshotContents, writes, firstWriteMs: firstRun.ms, fullMs: complete.ms };
 }
@@ -297,8 +302,8 @@ export async function killOnce(prepared: PreparedScenario, how: { atWrite: numbe
   copyInto(prepared.pristine, dir, prepared.scenario.fixtures);
   const result =
     'atWrite' in how
-      ? await runCommand(dir, prepared.scenario.args, { QCOWKIT_CRASH_AT_WRITE: String(how.atWrite) })
-      : await runCommand(dir, prepared.scenario.args, {}, how.afterMs);
+      ? await runCommand(dir, prepared.scenario, { QCOWKIT_CRASH_AT_WRITE: String(how.atWrite) })
+      : await runCommand(dir, prepared.scenario, {}, how.afterMs);
   const label = 'atWrite' in how ? `at write ${how.atWrite} of ${prepared.writes}` : `after ${how.afterMs} ms`;
   if (!result.killed && result.status !== 0) {
     return { outcome: 'unreadable', killed: false, how: label, detail: `the command failed by itself (${result.status}): ${result.stderr.trim()}` };

@@ -36,6 +36,8 @@ export const killScenarios: KillScenario[] = [
   { name: 'resize (shrink)', args: ['resize', '--shrink', D, '16M'], fixtures: [D], images: { [D]: 'prefix' } },
   { name: 'check -r leaks', args: ['check', '-r', 'leaks', 'leaky.qcow2'], fixtures: ['leaky.qcow2'], images: { 'leaky.qcow2': 'same' } },
   { name: 'check -r all', args: ['check', '-r', 'all', 'leaky.qcow2'], fixtures: ['leaky.qcow2'], images: { 'leaky.qcow2': 'same' } },
+  // A raw disk read from a pipe (size = bytes read), the output written as the stream arrives.
+  { name: 'convert from stdin', args: ['convert', '-f', 'raw', '-O', 'qcow2', '-', 'out.qcow2'], fixtures: ['disk.raw'], stdin: 'disk.raw', images: { 'out.qcow2': 'made' } },
   { name: 'dd', args: ['dd', '-O', 'qcow2', `if=${D}`, 'of=dd.qcow2', 'bs=1M'], fixtures: [D], images: { 'dd.qcow2': 'made' } },
   // amend: every step a switch; the guest data and the snapshots never change.
   { name: 'amend refcount_bits=64', args: ['amend', '-o', 'refcount_bits=64', D], fixtures: [D], images: { [D]: 'same' }, snapshots: true },
@@ -106,6 +108,7 @@ export function makeKillFixtures(dir: string): void {
   qemuIo(dir, D, ['write -P 0x11 0 4M', 'write -c -P 0x22 8M 1M', 'write -P 0x33 20M 2M', 'write -P 0x34 30M 64k']);
   must('qemu-img', ['snapshot', '-c', 'snap1', D], dir);
   qemuIo(dir, D, ['write -P 0x44 1M 2M', 'write -z 21M 512k', 'write -P 0x45 50M 1M']);
+  must('qemu-img', ['convert', '-O', 'raw', D, 'disk.raw'], dir);
 
   must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512,refcount_bits=64', 'c512r64.qcow2', '16M'], dir);
   qemuIo(dir, 'c512r64.qcow2', ['write -P 0x11 0 1M']);
