@@ -11,10 +11,12 @@
 //   node packages/cli/scripts/bundle.mjs        (run by `npm run build`, so `npm ci` builds it too)
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+const require = createRequire(import.meta.url);
 const cliDir = join(dirname(fileURLToPath(import.meta.url)), '..');
 const outfile = join(cliDir, 'dist', 'qcowkit.cjs');
 
@@ -33,6 +35,28 @@ const qcow2NodeModuleUrl = {
   },
 };
 
+/**
+ * Node built-ins that cost milliseconds to load (child_process pulls in net, dgram and the stream stack; zlib,
+ * worker_threads, http, crypto their own graphs) but that most commands never call: commander requires
+ * child_process for external subcommands, the engine's node entry point zlib and worker_threads for compression.
+ * Each becomes a stand-in that loads the real module on first use (imports compile to property reads at the call,
+ * `(0, import_node_zlib.deflateRaw)(...)`, so the first read loads it). ~10 ms off every start-up (issue 10).
+ */
+const LAZY_BUILTINS = ['child_process', 'worker_threads', 'zlib', 'http', 'https', 'crypto', 'net'];
+const lazyBuiltins = {
+  name: 'lazy-builtins',
+  setup(b) {
+    const filter = new RegExp(`^(node:)?(${LAZY_BUILTINS.join('|')})$`);
+    b.onResolve({ filter }, (args) => ({ path: args.path.replace(/^node:/, ''), namespace: 'lazy-builtin' }));
+    b.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, (args) => ({
+      // Its export names, listed at build time: the bundle copies them onto import objects (__toESM) without
+      // loading the module (the copies are getters).
+      contents: `module.exports = __lazyBuiltin(${JSON.stringify(`node:${args.path}`)}, ${JSON.stringify(Object.getOwnPropertyNames(require(`node:${args.path}`)))});`,
+      loader: 'js',
+    }));
+  },
+};
+
 await rm(`${outfile}.cache`, { force: true });
 await build({
   entryPoints: [join(cliDir, 'dist', 'main.js')],
@@ -44,10 +68,31 @@ await build({
   external: ['@bokuweb/zstd-wasm'],
   // import() of the packages left out becomes require(): a script compiled from a code cache has no import().
   supported: { 'dynamic-import': false },
-  plugins: [qcow2NodeModuleUrl],
-  // Verbatim (not bundled): where the installed @qcowkit/qcow2/node lives, found when first asked.
+  plugins: [qcow2NodeModuleUrl, lazyBuiltins],
+  // Verbatim (not bundled). __qcow2NodeModuleUrl: where the installed @qcowkit/qcow2/node lives, found when first
+  // asked: its file in one of the bundle's node_modules directories (what require.resolve finds, without loading
+  // the ES module resolver that package exports need), else require.resolve. __lazyBuiltin: see LAZY_BUILTINS.
   banner: {
-    js: "function __qcow2NodeModuleUrl() { return require('node:url').pathToFileURL(require.resolve('@qcowkit/qcow2/node')).href; }",
+    js: [
+      'var __qcow2NodeUrl;',
+      'function __qcow2NodeModuleUrl() {',
+      '  if (__qcow2NodeUrl !== undefined) return __qcow2NodeUrl;',
+      "  const fs = require('node:fs'), url = require('node:url');",
+      '  let file;',
+      "  for (const dir of module.paths) if (fs.existsSync(`${dir}/@qcowkit/qcow2/dist/node/index.js`)) { file = fs.realpathSync.native(`${dir}/@qcowkit/qcow2/dist/node/index.js`); break; }",
+      "  return (__qcow2NodeUrl = url.pathToFileURL(file ?? require.resolve('@qcowkit/qcow2/node')).href);",
+      '}',
+      'function __lazyBuiltin(name, keys) {',
+      '  let real;',
+      '  const load = () => (real ??= require(name));',
+      '  return new Proxy({}, {',
+      '    get: (_, key) => load()[key],',
+      '    has: (_, key) => key in load(),',
+      '    ownKeys: () => keys,',
+      '    getOwnPropertyDescriptor: (_, key) => (keys.includes(key) ? { value: undefined, writable: true, enumerable: true, configurable: true } : undefined),',
+      '  });',
+      '}',
+    ].join('\n'),
   },
   // Smaller to read and to hash at start-up; identifiers are kept, so QCOWKIT_DEBUG stack traces stay readable.
   minifyWhitespace: true,

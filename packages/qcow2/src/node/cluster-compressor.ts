@@ -7,8 +7,6 @@ import type { ClusterCompressor } from '../ops/convert-to-qcow2.js';
 import { zstdClusterCompressor, type ZstdClusterCompress } from './zstd-wasm-compressor.js';
 import { ZSTD_LEVEL, ZstdWorkers } from './zstd-workers.js';
 
-const deflateRawAsync = promisify(deflateRaw);
-
 /**
  * Compressors for compressed clusters, as qemu writes them: raw deflate with a 4 KiB window (qemu inflates with
  * windowBits -12, so a larger window would write streams qemu cannot read) at the default level, or one zstd
@@ -25,6 +23,8 @@ export function clusterCompressor(type: 'zlib' | 'zstd', clusterSize: number, op
 
 function deflateCompressor(clusterSize: number, inFlight: number): ClusterCompressor {
   const limit = new Semaphore(inFlight);
+  // Made here, not when the module loads: the CLI's bundle loads node:zlib on first use.
+  const deflateRawAsync = promisify(deflateRaw);
   return async (cluster) => {
     await limit.acquire();
     try {

@@ -3,8 +3,11 @@ import { constants, inflateRaw } from 'node:zlib';
 import type { CompressionCodecs } from '../engine/compression.js';
 import { portableCodecs } from '../engine/portable-codecs.js';
 
-/** node:zlib's native inflate (several times faster than pure JS); zstd stays on the WASM build. */
-const inflateRawAsync = promisify(inflateRaw);
+/**
+ * node:zlib's native inflate (several times faster than pure JS); zstd stays on the WASM build. Made on first use:
+ * the CLI's bundle loads node:zlib only when it is called (commands that never inflate start faster).
+ */
+let inflateRawAsync: ((input: Uint8Array, options: object) => Promise<Buffer>) | undefined;
 
 /** Node's codecs: node:zlib for deflate (on the thread pool), the WASM build for zstd. */
 export const nodeCodecs: CompressionCodecs = {
@@ -14,6 +17,7 @@ export const nodeCodecs: CompressionCodecs = {
    * zlib's default 16 KiB chunks and the copies that joining them costs.
    */
   async inflateRaw(input, outputSize) {
+    inflateRawAsync ??= promisify(inflateRaw);
     return inflateRawAsync(input, {
       finishFlush: constants.Z_SYNC_FLUSH,
       maxOutputLength: Math.max(outputSize, 64),
