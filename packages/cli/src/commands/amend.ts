@@ -2,9 +2,9 @@ import type { Command } from 'commander';
 import { Qcow2Device, Qcow2Error, amendImage, type AmendOptions } from '@qcowkit/qcow2/engine';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
-import { onOff, optionPairs } from '../output/image-options.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
-import { parseSize } from '../output/sizes.js';
+import { optionBool, optionPairs } from '../parse/option-list.js';
+import { optionSizeBytes } from '../parse/qemu-size.js';
 import { parseFormatFlag } from './open.js';
 
 interface AmendFlags extends ProgressFlags {
@@ -37,13 +37,7 @@ export function parseAmendOptions(text: string): AmendOptions | 'help' {
     if (key === 'help' || key === '?') return 'help';
     switch (key) {
       case 'size':
-        try {
-          options.size = parseSize(value);
-        } catch {
-          throw new CommandError(
-            "Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
-          );
-        }
+        options.size = optionSizeBytes(key, value);
         break;
       case 'compat':
         options.compat = value;
@@ -58,10 +52,10 @@ export function parseAmendOptions(text: string): AmendOptions | 'help' {
         options.dataFile = value;
         break;
       case 'data_file_raw':
-        options.dataFileRaw = onOff(key, value);
+        options.dataFileRaw = optionBool(key, value);
         break;
       case 'lazy_refcounts':
-        options.lazyRefcounts = onOff(key, value);
+        options.lazyRefcounts = optionBool(key, value);
         break;
       case 'refcount_bits':
         if (!/^\d+$/.test(value)) throw new CommandError(`Parameter '${key}' expects a number`);

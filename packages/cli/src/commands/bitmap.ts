@@ -3,7 +3,7 @@ import { BitmapEditor, Qcow2Device, Qcow2Error, bitmapSource, loadBitmapState, t
 import { BitmapFlag, hasBitmapFlag } from '@qcowkit/qcow2/format';
 import { openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
-import { cvtnum } from '../output/sizes.js';
+import { cvtnumBytes } from '../parse/qemu-size.js';
 import { parseFormatFlag, withDevice } from './open.js';
 
 type BitmapAction = { act: 'add' | 'remove' | 'clear' | 'enable' | 'disable' } | { act: 'merge'; source: string };
@@ -46,7 +46,7 @@ export function registerBitmap(program: Command): void {
   command.on('option:merge', (source: string) => actions.push({ act: 'merge', source }));
   command.action(async (filename: string | undefined, bitmap: string | undefined, extra: string[], flags: BitmapFlags) => {
     if (actions.length === 0) throw new CommandError('Need at least one of --add, --remove, --clear, --enable, --disable, or --merge');
-    const granularity = flags.granularity === undefined ? undefined : cvtnum('granularity', flags.granularity);
+    const granularity = flags.granularity === undefined ? undefined : cvtnumBytes('granularity', flags.granularity);
     if (granularity !== undefined && !actions.some((a) => a.act === 'add')) throw new CommandError('granularity only supported with --add');
     if (flags.sourceFormat !== undefined && flags.sourceFile === undefined) throw new CommandError('-F only supported with -b');
     if (flags.sourceFile !== undefined && !actions.some((a) => a.act === 'merge')) throw new CommandError('Merge bitmap source file only supported with --merge');

@@ -1,6 +1,6 @@
 import { MAX_COPY_DEPTH, RateLimiter, SalvagingDevice, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { CommandError } from '../output/errors.js';
-import { cvtnum } from '../output/sizes.js';
+import { cvtnumBytes } from '../parse/qemu-size.js';
 
 /** The convert flags that shape the copy rather than the output format (checked in qemu-img's order). */
 export interface ConvertCopyFlags {
@@ -46,14 +46,14 @@ function parseCoroutines(text: string | undefined): number | undefined {
 
 /** Parses and checks -S, -r, --target-is-zero with qemu-img's messages, before anything is opened. */
 export function convertCopySettings(flags: ConvertCopyFlags): ConvertCopySettings {
-  const sparseSize = cvtnum('buffer size for sparse output', flags.sparseSize ?? '4k');
+  const sparseSize = cvtnumBytes('buffer size for sparse output', flags.sparseSize ?? '4k');
   if (sparseSize % SECTOR !== 0 || sparseSize > MAX_SPARSE) {
     throw new CommandError(
       `Invalid buffer size for sparse output specified. Valid sizes are multiples of ${SECTOR} up to ${MAX_SPARSE}. Select 0 to disable sparse detection (fully allocates output).`,
     );
   }
   const parallel = parseCoroutines(flags.parallel);
-  const rate = flags.rateLimit === undefined ? 0 : cvtnum('rate limit', flags.rateLimit);
+  const rate = flags.rateLimit === undefined ? 0 : cvtnumBytes('rate limit', flags.rateLimit);
   if (flags.noCreate && flags.options !== undefined) throw new CommandError('-o has no effect when skipping image creation');
   if (flags.targetIsZero && !flags.noCreate) throw new CommandError('--target-is-zero requires use of -n flag');
   // qemu-img 7.2 prints this one but exits 0 without converting; a refusal exits 1 here.

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { ConcatDevice, Qcow2Device, clearQcow2Target, clearRawTarget, convertToQcow2, convertToRaw, createQcow2, layerPermissions, type BlockDevice } from '@qcowkit/qcow2/engine';
+import { compressionTypeName } from '@qcowkit/qcow2/format';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { parseImageOptions } from '../output/image-options.js';
@@ -68,7 +69,7 @@ async function convertIntoQcow2(
     if (flags.noCreate && target.size < source.size) throw new CommandError('output file is smaller than input file');
     if (settings.clearTarget) await clearQcow2Target(target, source.size);
     if (options.preallocation !== 'off') await target.preallocate(options.preallocation);
-    const compress = flags.compress ? clusterCompressor(target.image.layout.compressionType === 1 ? 'zstd' : 'zlib', target.image.clusterSize) : undefined;
+    const compress = flags.compress ? clusterCompressor(compressionTypeName(target.image.layout.compressionType), target.image.clusterSize) : undefined;
     // With -B the new image sits on that backing file: write only what differs from it.
     const backing = options.qcow2.backingFile !== undefined ? target.backing : undefined;
     await convertToQcow2(source, target, {

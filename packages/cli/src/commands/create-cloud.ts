@@ -1,8 +1,8 @@
 import { createImageSink, Qcow2Error, type NewImageOptions } from '@qcowkit/qcow2/engine';
 import { FileStorage, grainCompressor } from '@qcowkit/qcow2/node';
 import { cloudFormattingLine, parseCloudImageOptions, type CloudFormat, type CloudImageOptions } from '../output/cloud-image-options.js';
-import { CommandError } from '../output/errors.js';
-import { parseSize } from '../output/sizes.js';
+import { CommandError, printWarning } from '../output/errors.js';
+import { cvtnumBytes } from '../parse/qemu-size.js';
 
 interface CloudCreateFlags {
   backing?: string;
@@ -40,7 +40,7 @@ export async function createCloudImage(filename: string, sizeText: string | unde
     throw new CommandError(`Backing files are not supported for ${format} images by qcowkit`);
   }
   if (sizeText !== undefined && options.size !== undefined) throw new CommandError('The image size must be specified only once');
-  const size = sizeText === undefined ? options.size : parseSize(sizeText);
+  const size = sizeText === undefined ? options.size : cvtnumBytes('image size', sizeText, printWarning);
   if (size === undefined) throw new CommandError('Image creation needs a size parameter');
   if (!flags.quiet) process.stdout.write(`${cloudFormattingLine(filename, options, size)}\n`);
   if (options.refusal !== undefined) throw new CommandError(options.refusal);

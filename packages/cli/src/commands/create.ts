@@ -3,9 +3,9 @@ import { Qcow2Device, Qcow2Error, combinePath, createQcow2, validateCreateOption
 import { createCloudImage } from './create-cloud.js';
 import { isCloudFormat } from '../output/cloud-image-options.js';
 import { FileStorage, openImageFile } from '@qcowkit/qcow2/node';
-import { CommandError } from '../output/errors.js';
+import { CommandError, printWarning } from '../output/errors.js';
 import { formattingLine, parseImageOptions } from '../output/image-options.js';
-import { parseSize } from '../output/sizes.js';
+import { cvtnumBytes } from '../parse/qemu-size.js';
 import { parseFormatFlag } from './open.js';
 
 interface CreateFlags {
@@ -64,7 +64,7 @@ async function create(filename: string, sizeText: string | undefined, flags: Cre
     if (q.backingFile !== undefined && q.backingFormat === undefined) {
       throw new CommandError('Backing file specified without backing format', 1, filename);
     }
-    let size = sizeText === undefined ? options.size : parseSize(sizeText);
+    let size = sizeText === undefined ? options.size : cvtnumBytes('image size', sizeText, printWarning);
     if (q.backingFile !== undefined && !flags.unsafe) {
       // Like qemu-img: the backing file must open (and gives the size when none is given).
       let known: number;

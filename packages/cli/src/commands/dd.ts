@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { createQcow2, ddCopy, ddPlan, isWritable, type DdOptions } from '@qcowkit/qcow2/engine';
 import { FileStorage, openImageFile } from '@qcowkit/qcow2/node';
-import { CommandError } from '../output/errors.js';
+import { CommandError, printWarning } from '../output/errors.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
-import { cvtnum } from '../output/sizes.js';
+import { cvtnumBytes } from '../parse/qemu-size.js';
 import { FORCE_SHARE_OPTION, openForReading, withDevice } from './open.js';
 
 interface DdFlags extends ProgressFlags {
@@ -30,16 +30,14 @@ function parseOperands(operands: string[]): DdOperands {
     if (eq < 0) throw new CommandError(`unrecognized operand ${operand}`);
     switch (name) {
       case 'bs': {
-        const bs = cvtnum('bs', value);
-        if (bs < 1 || bs > INT_MAX) throw new CommandError(`Invalid bs specified. Must be between 1 and ${INT_MAX}.`);
-        parsed.blockSize = bs;
+        parsed.blockSize = cvtnumBytes('bs', value, printWarning, { min: 1n, max: BigInt(INT_MAX) });
         break;
       }
       case 'count':
-        parsed.count = cvtnum('count', value);
+        parsed.count = cvtnumBytes('count', value, printWarning);
         break;
       case 'skip':
-        parsed.skip = cvtnum('skip', value);
+        parsed.skip = cvtnumBytes('skip', value, printWarning);
         break;
       case 'if':
         parsed.input = value;

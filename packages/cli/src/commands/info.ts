@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { backingChain, imageInfo, openImageForInfo, untrustedGate } from '@qcowkit/qcow2/engine';
 import { nodeHostFiles } from '@qcowkit/qcow2/node';
 import { formatImageInfo, formatImageInfoList } from '../output/info-human.js';
+import { printWarning } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat } from '../output/output-format.js';
 import { FORCE_SHARE_OPTION, parseFormatFlag, withDevice } from './open.js';
@@ -12,10 +13,6 @@ interface InfoFlags {
   backingChain?: boolean;
   forceShare?: boolean;
   untrusted?: boolean;
-}
-
-function warn(message: string): void {
-  process.stderr.write(`qcowkit: warning: ${message}\n`);
 }
 
 /**
@@ -45,10 +42,10 @@ export function registerInfo(program: Command): void {
       await withDevice(device, async () => {
         let text: string;
         if (opts.backingChain) {
-          const infos = await backingChain(device, { warn });
+          const infos = await backingChain(device, { warn: printWarning });
           text = output === 'json' ? `${qemuJson(infos)}\n` : formatImageInfoList(infos);
         } else {
-          const info = await imageInfo(device, { warn });
+          const info = await imageInfo(device, { warn: printWarning });
           text = output === 'json' ? `${qemuJson(info)}\n` : formatImageInfo(info);
         }
         process.stdout.write(text);

@@ -1,4 +1,5 @@
 import { CommandError } from '../output/errors.js';
+import { INT64_MAX, QemuSizeError, qemuStrtosz } from '../parse/qemu-size.js';
 
 /**
  * qemu-io's command language, the subset qcowkit speaks: its getopt-style flags (a value may be glued to its
@@ -18,8 +19,6 @@ export interface IoCommand {
 /** qemu's BDRV_REQUEST_MAX_BYTES: the largest single request. */
 export const MAX_REQUEST_BYTES = 2147483136;
 
-const SUFFIX: Record<string, number> = { b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
-
 /**
  * An error qemu-io reports for one command; the other commands still run. qemu-io prints an unknown command
  * and a wrong argument count on stderr, and the rest (parsing, patterns, alignment) on stdout.
@@ -33,15 +32,20 @@ export class IoCommandError extends CommandError {
   }
 }
 
+/** qemu-io's cvtnum: qemu_strtosz, at most INT64_MAX, with qemu-io's two messages. */
 export function parseIoNumber(text: string): number {
-  const hex = /^0x[0-9a-f]+$/i.test(text);
-  const match = hex ? null : /^(\d+(?:\.\d+)?)([bkmgtpe]?)$/i.exec(text);
-  if (!hex && (match === null || (match[1]!.includes('.') && match[2] === ''))) {
-    throw new IoCommandError(`Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- ${text}`);
+  let value: bigint;
+  try {
+    value = qemuStrtosz(text);
+  } catch (error) {
+    if (error instanceof QemuSizeError && error.reason === 'invalid') {
+      throw new IoCommandError(`Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- ${text}`);
+    }
+    value = INT64_MAX + 1n;
   }
-  const value = hex ? Number(text) : Math.floor(Number(match![1]) * SUFFIX[(match![2] || 'b').toLowerCase()]!);
-  if (!Number.isSafeInteger(value) || value >= 2 ** 63) throw new IoCommandError(`Parsing error: argument too large -- ${text}`);
-  return value;
+  // Above 2^53 no request here can reach: refused as too large (qemu refuses such requests a step later).
+  if (value > INT64_MAX || value > BigInt(Number.MAX_SAFE_INTEGER)) throw new IoCommandError(`Parsing error: argument too large -- ${text}`);
+  return Number(value);
 }
 
 function parsePattern(text: string): number {

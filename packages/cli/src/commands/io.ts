@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { Qcow2Device, Qcow2Error, isWritable, type BlockDevice, type WritableBlockDevice } from '@qcowkit/qcow2/engine';
+import { compressionTypeName } from '@qcowkit/qcow2/format';
 import { clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { IoCommandError, parseIoCommand, type IoCommand } from './io-parse.js';
@@ -105,7 +106,7 @@ async function writeCompressed(device: WritableBlockDevice, offset: number, leng
     process.stdout.write('write failed: Invalid argument\n');
     return false;
   }
-  const compress = clusterCompressor(device.image.layout.compressionType === 1 ? 'zstd' : 'zlib', clusterSize);
+  const compress = clusterCompressor(compressionTypeName(device.image.layout.compressionType), clusterSize);
   for (let at = offset; at < offset + length; at += clusterSize) {
     const cluster = new Uint8Array(Math.min(clusterSize, offset + length - at)).fill(pattern);
     // The disk's short last cluster is compressed padded with zeros, as qemu does.

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { mapImage, type MapEntry } from '@qcowkit/qcow2/engine';
-import { CommandError } from '../output/errors.js';
+import { CommandError, printWarning } from '../output/errors.js';
+import { cvtnumBytes } from '../parse/qemu-size.js';
 import { FORCE_SHARE_OPTION, openForReading, withDevice } from './open.js';
 import { BufferedOutput } from '../output/buffered-output.js';
 import { parseOutputFormat } from '../output/output-format.js';
@@ -29,11 +30,12 @@ export function registerMap(program: Command): void {
     .option('--untrusted', 'refuse backing and data file references (for images from untrusted sources)')
     .action(async (filename: string, opts: { format?: string; output: string; startOffset: string; maxLength?: string; untrusted?: boolean; forceShare?: boolean }) => {
       const output = parseOutputFormat(opts.output);
+      // qemu-img map reads both numbers before it opens the image.
+      const start = cvtnumBytes('start offset', opts.startOffset, printWarning);
+      const maxLength = opts.maxLength === undefined ? undefined : cvtnumBytes('max length', opts.maxLength, printWarning);
       const device = await openForReading(filename, opts);
       await withDevice(device, async () => {
-        const start = Number(opts.startOffset);
-        if (!Number.isSafeInteger(start) || start < 0) throw new CommandError(`Invalid start offset specified! You may use k, M, G, T, P or E suffixes for`);
-        const length = opts.maxLength === undefined ? device.size - Math.min(start, device.size) : Math.min(Number(opts.maxLength), device.size - start);
+        const length = maxLength === undefined ? device.size - Math.min(start, device.size) : Math.min(maxLength, device.size - start);
         const out = new BufferedOutput();
         try {
           if (output === 'json') {

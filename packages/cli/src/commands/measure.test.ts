@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corpusDir, hasQemuImg, hasQemuIo, loadManifest, qemuImg, qemuIo, requireQemuImg } from '../../../../fixtures/corpus.js';
-import { formatMeasureHuman, formatMeasureJson, parseImageSize, qemuStrtosz } from './measure.js';
+import { cvtnum, qemuStrtosz } from '../parse/qemu-size.js';
+import { formatMeasureHuman, formatMeasureJson } from './measure.js';
 import {  qcowkit, type Run } from '../test-support/run-cli.js';
 
 requireQemuImg();
@@ -54,9 +55,9 @@ describe('qemu size syntax (qemu_strtosz, cvtnum)', () => {
     const warnings: string[] = [];
     expect(qemuStrtosz('0x1k', (w) => warnings.push(w))).toBe(1024n);
     expect(warnings).toEqual(['Using a multiplier suffix on hex numbers is deprecated: 0x1k']);
-    expect(parseImageSize('9223372036854775807')).toBe((1n << 63n) - 1n);
-    expect(() => parseImageSize('8E')).toThrow('Invalid image size specified. Must be between 0 and 9223372036854775807.');
-    expect(() => parseImageSize('1x')).toThrow('Invalid image size specified. You may use k, M, G, T, P or E suffixes for');
+    expect(cvtnum('image size', '9223372036854775807')).toBe((1n << 63n) - 1n);
+    expect(() => cvtnum('image size', '8E')).toThrow('Invalid image size specified. Must be between 0 and 9223372036854775807.');
+    expect(() => cvtnum('image size', '1x')).toThrow('Invalid image size specified. You may use k, M, G, T, P or E suffixes for');
   });
 
   it("prints qemu's human and JSON forms", () => {

@@ -1,8 +1,10 @@
 import type { Command } from 'commander';
 import { Qcow2Device, measureImage, measureNewImage, type BlockDevice, type MeasureOptions, type MeasureResult } from '@qcowkit/qcow2/engine';
-import { CommandError } from '../output/errors.js';
+import { CommandError, printWarning } from '../output/errors.js';
 import { qemuJson } from '../output/json.js';
 import { parseOutputFormat } from '../output/output-format.js';
+import { checkOptionLists, optionBool, optionNumber, optionPairs } from '../parse/option-list.js';
+import { cvtnum, optionSize, type SizeWarning } from '../parse/qemu-size.js';
 import { FORCE_SHARE_OPTION, openForReading, withDevice } from './open.js';
 
 /**
@@ -30,87 +32,6 @@ const QEMU_FORMATS = new Set([
   'null-co', 'nvme', 'parallels', 'preallocate', 'qcow', 'qed', 'quorum', 'rbd', 'replication', 'snapshot-access', 'ssh',
   'throttle', 'vdi', 'vhdx', 'vmdk', 'vpc', 'vvfat',
 ]);
-
-// ---------------------------------------------------------------------------------------------------------
-// Numbers as qemu reads them
-
-const SIZE_SUFFIXES: Record<string, bigint> = { b: 1n, k: 1n << 10n, m: 1n << 20n, g: 1n << 30n, t: 1n << 40n, p: 1n << 50n, e: 1n << 60n };
-const U64_MAX = (1n << 64n) - 1n;
-const INT64_MAX = (1n << 63n) - 1n;
-
-export class QemuSizeError extends Error {
-  constructor(readonly reason: 'invalid' | 'range') {
-    super(reason);
-  }
-}
-
-/**
- * qemu's qemu_strtosz: a decimal integer (or 0x hex, which takes no fraction), an optional fraction, an optional
- * suffix b/k/M/G/T/P/E (binary multiples, any case); a fraction needs a suffix and rounds half up. Leading
- * white space is skipped; anything after the suffix is an error. Throws QemuSizeError.
- */
-export function qemuStrtosz(text: string, warn?: (message: string) => void): bigint {
-  const match = /^\s*(\+?)(0[xX][0-9a-fA-F]+|[0-9]+)(\.[0-9]*)?([bkmgtpeBKMGTPE]?)$/.exec(text);
-  if (!match) throw new QemuSizeError('invalid');
-  const [, , digits, fractionText, suffixText] = match as unknown as [string, string, string, string | undefined, string];
-  const hex = /^0[xX]/.test(digits);
-  if (hex && fractionText !== undefined) throw new QemuSizeError('invalid');
-  const integer = BigInt(digits);
-  if (integer > U64_MAX) throw new QemuSizeError('range');
-  // strtod of ".ddd" gives the nearest double, as Number() does; qemu keeps it as a 64-bit binary fraction.
-  const fraction = fractionText === undefined || fractionText === '.' ? 0 : Number(`0${fractionText}`);
-  const fixedFraction = BigInt(Math.min(Math.trunc(fraction * 2 ** 64), 2 ** 64 - 1));
-  const multiplier = suffixText === '' ? 1n : SIZE_SUFFIXES[suffixText.toLowerCase()]!;
-  if (suffixText !== '' && multiplier !== 1n && hex) warn?.(`Using a multiplier suffix on hex numbers is deprecated: ${text}`);
-  if (multiplier === 1n) {
-    if (fixedFraction !== 0n) throw new QemuSizeError('invalid');
-    return integer;
-  }
-  const scaledFraction = fixedFraction * multiplier;
-  const value = integer * multiplier + (scaledFraction >> 64n) + ((scaledFraction >> 63n) & 1n);
-  if (value > U64_MAX) throw new QemuSizeError('range');
-  return value;
-}
-
-/** qemu-img's cvtnum("image size", …): a size between 0 and INT64_MAX, with qemu's two messages. */
-export function parseImageSize(text: string, warn?: (message: string) => void): bigint {
-  let value: bigint;
-  try {
-    value = qemuStrtosz(text, warn);
-  } catch (error) {
-    if (error instanceof QemuSizeError && error.reason === 'invalid') {
-      throw new CommandError('Invalid image size specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.');
-    }
-    value = INT64_MAX + 1n;
-  }
-  if (value > INT64_MAX) throw new CommandError(`Invalid image size specified. Must be between 0 and ${INT64_MAX}.`);
-  return value;
-}
-
-/** strtoull with base 0 (decimal, 0x hex, 0 octal), a minus sign wrapping around as C's does. */
-function parseOptionNumber(name: string, value: string): bigint {
-  const match = /^\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(value);
-  if (!match) throw new CommandError(`Parameter '${name}' expects a number`);
-  const digits = match[2]!;
-  const magnitude = /^0[0-7]+$/.test(digits) ? BigInt(`0o${digits.slice(1)}`) : BigInt(digits);
-  if (magnitude > U64_MAX) throw new CommandError(`Value '${value}' is too large for parameter '${name}'`);
-  return match[1] === '-' ? BigInt.asUintN(64, -magnitude) : magnitude;
-}
-
-function parseOptionSize(name: string, value: string, warn: (message: string) => void): bigint {
-  try {
-    return qemuStrtosz(value, warn);
-  } catch (error) {
-    if (error instanceof QemuSizeError && error.reason === 'range') throw new CommandError(`Value '${value}' is out of range for parameter '${name}'`);
-    throw new CommandError(`Parameter '${name}' expects a non-negative number below 2^64`);
-  }
-}
-
-function parseOptionBool(name: string, value: string): boolean {
-  if (['on', 'yes', 'true', 'y'].includes(value)) return true;
-  if (['off', 'no', 'false', 'n'].includes(value)) return false;
-  throw new CommandError(`Parameter '${name}' expects 'on' or 'off'`);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // -o, as QemuOpts over the target format's creation options
@@ -141,38 +62,26 @@ const QCOW2_OPTIONS: Record<string, OptionType> = {
   extended_l2: 'bool',
 };
 
-/** qemu-img's is_valid_option_list: not empty, no leading comma, no unpaired trailing comma. */
-function isValidOptionList(text: string): boolean {
-  if (text === '' || text.startsWith(',')) return false;
-  const trailing = text.length - text.replace(/,+$/, '').length;
-  return trailing % 2 === 0;
-}
-
 type ParsedValue = bigint | boolean | string;
 
 /** Parses the accumulated -o strings into the last value given for each key, type-checked like QemuOpts. */
-function parseMeasureOptions(lists: string[], format: 'qcow2' | 'raw', warn: (message: string) => void): Map<string, ParsedValue> {
-  for (const list of lists) if (!isValidOptionList(list)) throw new CommandError(`Invalid option list: ${list}`);
+function parseMeasureOptions(lists: string[], format: 'qcow2' | 'raw', warn: SizeWarning): Map<string, ParsedValue> {
+  checkOptionLists(lists);
   const known = format === 'qcow2' ? QCOW2_OPTIONS : FILE_OPTIONS;
   const values = new Map<string, ParsedValue>();
   if (lists.length === 0) return values;
-  const parts = lists.join(',').replace(/,,/g, '\u0000').split(',').map((p) => p.replace(/\u0000/g, ','));
-  for (const part of parts) {
-    if (part === '') continue;
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = eq < 0 ? 'on' : part.slice(eq + 1);
+  for (const [key, value] of lists.flatMap(optionPairs)) {
     const type = known[key];
     if (type === undefined) throw new CommandError(`Invalid parameter '${key}'`);
     switch (type) {
       case 'size':
-        values.set(key, parseOptionSize(key, value, warn));
+        values.set(key, optionSize(key, value, warn));
         break;
       case 'number':
-        values.set(key, parseOptionNumber(key, value));
+        values.set(key, optionNumber(key, value));
         break;
       case 'bool':
-        values.set(key, parseOptionBool(key, value));
+        values.set(key, optionBool(key, value));
         break;
       case 'string':
         values.set(key, value);
@@ -183,7 +92,7 @@ function parseMeasureOptions(lists: string[], format: 'qcow2' | 'raw', warn: (me
 }
 
 /** The engine's options from -O and -o. Values the engine checks (cluster size, compat…) pass through as given. */
-export function measureOptionsOf(format: 'qcow2' | 'raw', lists: string[], warn: (message: string) => void = () => {}): MeasureOptions {
+export function measureOptionsOf(format: 'qcow2' | 'raw', lists: string[], warn: SizeWarning = () => {}): MeasureOptions {
   const values = parseMeasureOptions(lists, format, warn);
   const options: MeasureOptions = { format };
   const size = values.get('size');
@@ -227,11 +136,7 @@ function snapshotSelectorOf(flags: MeasureFlags): SnapshotSelector | undefined {
   if (text === undefined) return undefined;
   if (!text.startsWith('snapshot.')) return { idOrName: text };
   const selector: SnapshotSelector = {};
-  for (const part of text.replace(/,,/g, '\u0000').split(',')) {
-    if (part === '') continue;
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = (eq < 0 ? 'on' : part.slice(eq + 1)).replace(/\u0000/g, ',');
+  for (const [key, value] of optionPairs(text)) {
     if (key === 'snapshot.id') selector.id = value;
     else if (key === 'snapshot.name') selector.name = value;
     else throw new CommandError(`Invalid parameter '${key}'; Failed in parsing snapshot param '${text}'`);
@@ -275,10 +180,6 @@ export function formatMeasureJson(result: MeasureResult): string {
   })}\n`;
 }
 
-function warn(message: string): void {
-  process.stderr.write(`qcowkit: warning: ${message}\n`);
-}
-
 function targetFormat(name: string): 'qcow2' | 'raw' {
   if (name === 'qcow2' || name === 'raw') return name;
   if (QEMU_FORMATS.has(name)) throw new CommandError(`Block driver '${name}' does not support size measurement`);
@@ -301,8 +202,8 @@ export function registerMeasure(program: Command): void {
     .option('--untrusted', 'refuse backing and data file references of FILE')
     .action(async (filenames: string[], flags: MeasureFlags) => {
       const output = parseOutputFormat(flags.output);
-      for (const list of flags.options) if (!isValidOptionList(list)) throw new CommandError(`Invalid option list: ${list}`);
-      const size = flags.size === undefined ? undefined : parseImageSize(flags.size, warn);
+      checkOptionLists(flags.options);
+      const size = flags.size === undefined ? undefined : cvtnum('image size', flags.size, printWarning);
       if (filenames.length > 1) throw new CommandError('At most one filename argument is allowed.');
       const filename = filenames[0];
       const selector = snapshotSelectorOf(flags);
@@ -316,14 +217,14 @@ export function registerMeasure(program: Command): void {
         process.stdout.write(output === 'json' ? formatMeasureJson(result) : formatMeasureHuman(result));
       };
       if (filename === undefined) {
-        const options = measureOptionsOf(targetFormat(flags.outputFormat), flags.options, warn);
+        const options = measureOptionsOf(targetFormat(flags.outputFormat), flags.options, printWarning);
         print(measureNewImage(size!, options));
         return;
       }
       const device = await openForReading(filename, flags);
       await withDevice(device, async () => {
         const source = selector === undefined ? device : await snapshotView(device, selector);
-        const options = measureOptionsOf(targetFormat(flags.outputFormat), flags.options, warn);
+        const options = measureOptionsOf(targetFormat(flags.outputFormat), flags.options, printWarning);
         print(await measureImage(source, options));
       });
     });

@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
 import { Qcow2Device, RawDevice } from '@qcowkit/qcow2/engine';
 import { openImageFile } from '@qcowkit/qcow2/node';
-import { CommandError } from '../output/errors.js';
-import { parseSize } from '../output/sizes.js';
+import { CommandError, printWarning } from '../output/errors.js';
+import { optionSizeBytes } from '../parse/qemu-size.js';
 import { parseFormatFlag, withDevice } from './open.js';
 
 /** qemu-img resize [--shrink] [-f FMT] FILE [+|-]SIZE: grows freely, shrinks only when told to. */
@@ -21,7 +21,7 @@ export function registerResize(program: Command): void {
       const device = await openImageFile(filename, { ...(format === undefined ? {} : { format }), writable: true, resize: true, openBacking: true });
       await withDevice(device, async () => {
         const sign = sizeText.startsWith('+') ? 1 : sizeText.startsWith('-') ? -1 : 0;
-        const amount = parseSize(sign === 0 ? sizeText : sizeText.slice(1));
+        const amount = optionSizeBytes('size', sign === 0 ? sizeText : sizeText.slice(1), printWarning);
         const newSize = sign === 0 ? amount : device.size + sign * amount;
         if (newSize < 0) throw new CommandError('New image size must be positive');
         if (newSize < device.size && !flags.shrink) {

@@ -1,6 +1,7 @@
 import type { NewImageOptions } from '@qcowkit/qcow2/engine';
-import { CommandError } from './errors.js';
-import { parseSize } from './sizes.js';
+import { CommandError, printWarning } from './errors.js';
+import { optionBool, optionPairs } from '../parse/option-list.js';
+import { optionSize, optionSizeBytes } from '../parse/qemu-size.js';
 
 /** The formats written front to back through an ImageSink. */
 export type CloudFormat = 'vpc' | 'vmdk' | 'vhdx';
@@ -27,13 +28,6 @@ export interface CloudImageOptions {
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
-/** qemu's bool parser (qapi_bool_parse): on/yes/true/y and off/no/false/n. */
-function bool(name: string, value: string): boolean {
-  if (['on', 'yes', 'true', 'y'].includes(value)) return true;
-  if (['off', 'no', 'false', 'n'].includes(value)) return false;
-  throw new CommandError(`Parameter '${name}' expects 'on' or 'off'`);
-}
-
 function isOneOf<T extends string>(value: string, allowed: readonly T[]): value is T {
   return (allowed as readonly string[]).includes(value);
 }
@@ -48,15 +42,12 @@ const OPTION_ORDER: Record<CloudFormat, string[]> = {
 /** Parses "key=value,key=value" (",," escapes a comma) for a vpc, vmdk or vhdx image. */
 export function parseCloudImageOptions(format: CloudFormat, text: string | undefined): CloudImageOptions {
   const given = new Map<string, string>();
-  for (const part of (text ?? '').replace(/,,/g, '\u0000').split(',').map((p) => p.replace(/\u0000/g, ','))) {
-    if (part === '') continue;
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
+  for (const [key, value] of optionPairs(text ?? '')) {
     if (!OPTION_ORDER[format].includes(key)) throw new CommandError(`Invalid parameter '${key}'`);
-    given.set(key, eq < 0 ? 'on' : part.slice(eq + 1));
+    given.set(key, value);
   }
   const value = (key: string): string | undefined => given.get(key);
-  const size = value('size') === undefined ? undefined : parseSize(value('size')!);
+  const size = value('size') === undefined ? undefined : optionSizeBytes('size', value('size')!, printWarning);
   const refusals: string[] = [];
   const preallocation = value('preallocation');
   if (preallocation !== undefined) {
@@ -71,7 +62,7 @@ export function parseCloudImageOptions(format: CloudFormat, text: string | undef
 function formatOptions(format: CloudFormat, value: (key: string) => string | undefined, refusals: string[]): CloudImageOptions['image'] {
   const flag = (key: string): { [k: string]: boolean } => {
     const given = value(key);
-    return given === undefined ? {} : { [key]: bool(key, given) };
+    return given === undefined ? {} : { [key]: optionBool(key, given) };
   };
   switch (format) {
     case 'vpc': {
@@ -142,7 +133,7 @@ export function cloudFormattingLine(filename: string, options: CloudImageOptions
   for (const key of OPTION_ORDER[options.format]) {
     if (key === 'size') continue;
     const given = options.given.get(key);
-    const shown = given === undefined ? PRINTED_DEFAULTS[options.format][key] : SIZE_OPTIONS.includes(key) ? String(parseSize(given)) : given;
+    const shown = given === undefined ? PRINTED_DEFAULTS[options.format][key] : SIZE_OPTIONS.includes(key) ? String(optionSize(key, given)) : given;
     if (shown !== undefined) fields.push(`${key}=${shown}`);
   }
   return `Formatting '${filename}', ${fields.join(' ')}`;

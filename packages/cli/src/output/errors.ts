@@ -14,6 +14,11 @@ export class CommandError extends Error {
   }
 }
 
+/** Prints a warning the way qemu-img prints one (its words after `qcowkit: warning: `), on stderr. */
+export function printWarning(message: string): void {
+  process.stderr.write(`qcowkit: warning: ${message}\n`);
+}
+
 /**
  * Prints one line `qcowkit: <file>: <message>` and returns the exit code. Stack traces only with
  * QCOWKIT_DEBUG=1: a hostile or broken image is a user-facing condition, not a crash.

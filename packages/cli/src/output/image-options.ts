@@ -1,6 +1,8 @@
 import type { CreateQcow2Options, Preallocation } from '@qcowkit/qcow2/engine';
-import { CommandError } from './errors.js';
-import { parseSize } from './sizes.js';
+import { COMPRESSION_TYPE_NAMES, isCompressionTypeName } from '@qcowkit/qcow2/format';
+import { optionBool, optionNumber, optionPairs } from '../parse/option-list.js';
+import { optionSizeBytes } from '../parse/qemu-size.js';
+import { CommandError, printWarning } from './errors.js';
 
 /** `-o` options of qemu-img create/convert for qcow2 and raw, parsed. */
 export interface ImageOptions {
@@ -9,23 +11,6 @@ export interface ImageOptions {
   size?: number;
   /** The options as given, for the "Formatting …" line. */
   given: Map<string, string>;
-}
-
-export function onOff(name: string, value: string): boolean {
-  if (value === 'on' || value === 'true') return true;
-  if (value === 'off' || value === 'false') return false;
-  throw new CommandError(`Parameter '${name}' expects 'on' or 'off'`);
-}
-
-/** "key=value,key=value" as qemu's QemuOpts reads it: ",," escapes a comma inside a value, a bare key means on. */
-export function optionPairs(text: string): Array<[key: string, value: string]> {
-  const parts = text.replace(/,,/g, '\u0000').split(',').map((p) => p.replace(/\u0000/g, ','));
-  return parts
-    .filter((part) => part !== '')
-    .map((part) => {
-      const eq = part.indexOf('=');
-      return eq < 0 ? [part, 'on'] : [part.slice(0, eq), part.slice(eq + 1)];
-    });
 }
 
 /** Parses "key=value,key=value" (qemu's QemuOpts syntax; ",," escapes a comma inside a value). */
@@ -37,7 +22,7 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
     const q = options.qcow2;
     switch (key) {
       case 'size':
-        options.size = parseSize(value);
+        options.size = optionSizeBytes(key, value, printWarning);
         break;
       case 'preallocation':
         if (!['off', 'metadata', 'falloc', 'full'].includes(value) || (format === 'raw' && value === 'metadata')) {
@@ -47,10 +32,10 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
         break;
       case 'cluster_size':
         if (format !== 'qcow2') throw new CommandError(`Invalid parameter '${key}'`);
-        q.clusterSize = parseSize(value);
+        q.clusterSize = optionSizeBytes(key, value, printWarning);
         break;
       case 'refcount_bits':
-        q.refcountBits = Number(value);
+        q.refcountBits = Number(optionNumber(key, value));
         break;
       case 'compat':
         if (value === '0.10' || value === 'v2') q.compat = '0.10';
@@ -58,13 +43,13 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
         else throw new CommandError(`Parameter 'compat' does not accept value '${value}'`);
         break;
       case 'lazy_refcounts':
-        q.lazyRefcounts = onOff(key, value);
+        q.lazyRefcounts = optionBool(key, value);
         break;
       case 'extended_l2':
-        q.extendedL2 = onOff(key, value);
+        q.extendedL2 = optionBool(key, value);
         break;
       case 'compression_type':
-        if (value !== 'zlib' && value !== 'zstd') throw new CommandError(`Parameter 'compression_type' does not accept value '${value}'`);
+        if (!isCompressionTypeName(value)) throw new CommandError(`Parameter 'compression_type' does not accept value '${value}'`);
         q.compressionType = value;
         break;
       case 'backing_file':
@@ -77,7 +62,7 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
         q.dataFile = value;
         break;
       case 'data_file_raw':
-        q.dataFileRaw = onOff(key, value);
+        q.dataFileRaw = optionBool(key, value);
         break;
       default:
         throw new CommandError(`Invalid parameter '${key}'`);
@@ -90,6 +75,8 @@ export function parseImageOptions(text: string | undefined, format: 'qcow2' | 'r
 /** The "Formatting 'FILE', fmt=… " line qemu-img create and convert print, in qemu's option order. */
 export function formattingLine(filename: string, format: 'qcow2' | 'raw', size: number, options: ImageOptions): string {
   const q = options.qcow2;
+  // qemu prints a bool as it was given (yes, y, true…).
+  const shownBool = (key: string): string => options.given.get(key) ?? 'off';
   const fields: string[] = [`fmt=${format}`];
   const showPreallocation = options.preallocation !== 'off' || options.given.has('preallocation');
   if (format === 'raw') {
@@ -98,16 +85,16 @@ export function formattingLine(filename: string, format: 'qcow2' | 'raw', size: 
     return `Formatting '${filename}', ${fields.join(' ')}`;
   }
   fields.push(`cluster_size=${q.clusterSize ?? 65536}`);
-  fields.push(`extended_l2=${q.extendedL2 ? 'on' : 'off'}`);
+  fields.push(`extended_l2=${shownBool('extended_l2')}`);
   if (showPreallocation) fields.push(`preallocation=${options.preallocation}`);
-  fields.push(`compression_type=${q.compressionType ?? 'zlib'}`);
+  fields.push(`compression_type=${q.compressionType ?? COMPRESSION_TYPE_NAMES[0]}`);
   fields.push(`size=${size}`);
   if (options.given.has('compat')) fields.push(`compat=${options.given.get('compat')}`);
   if (q.backingFile !== undefined) fields.push(`backing_file=${q.backingFile}`);
   if (q.backingFormat !== undefined) fields.push(`backing_fmt=${q.backingFormat}`);
   if (q.dataFile !== undefined) fields.push(`data_file=${q.dataFile}`);
-  if (q.dataFileRaw) fields.push('data_file_raw=on');
-  fields.push(`lazy_refcounts=${q.lazyRefcounts ? 'on' : 'off'}`);
+  if (q.dataFileRaw) fields.push(`data_file_raw=${shownBool('data_file_raw')}`);
+  fields.push(`lazy_refcounts=${shownBool('lazy_refcounts')}`);
   fields.push(`refcount_bits=${q.refcountBits ?? 16}`);
   return `Formatting '${filename}', ${fields.join(' ')}`;
 }

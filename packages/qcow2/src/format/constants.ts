@@ -62,6 +62,16 @@ export const CompressionType = {
   Zstd: 1,
 } as const;
 export type CompressionType = (typeof CompressionType)[keyof typeof CompressionType];
+/** The names qemu gives the compression types (the compression_type option, qemu-img info), by type number. */
+export const COMPRESSION_TYPE_NAMES = ['zlib', 'zstd'] as const;
+export type CompressionTypeName = (typeof COMPRESSION_TYPE_NAMES)[number];
+/** The name of a compression type number the engine reads (zlib for any other: such an image does not open). */
+export function compressionTypeName(type: number): CompressionTypeName {
+  return COMPRESSION_TYPE_NAMES[type] ?? 'zlib';
+}
+export function isCompressionTypeName(name: string): name is CompressionTypeName {
+  return (COMPRESSION_TYPE_NAMES as readonly string[]).includes(name);
+}
 
 /** Header extension type codes. */
 export const HeaderExtensionType = {
