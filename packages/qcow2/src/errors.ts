@@ -43,23 +43,40 @@ export type Qcow2ErrorCode =
   /** A VHDX image whose log must be replayed before it can be read (qemu refuses it read-only). */
   | 'LOG_REPLAY_NEEDED';
 
+/**
+ * The on-disk structure a problem was found in, where the code alone does not say it: a TRUNCATED snapshot table
+ * is not a TRUNCATED L1 table (qemu-img check reads past the first and stops at the second).
+ */
+export type Qcow2Structure = 'header' | 'l1-table' | 'refcount-table' | 'snapshot-table' | 'snapshot-l1-table';
+
 /** The one error class of the engine: `code` says what went wrong (see {@link errorCodes}), `file` where; the message is qemu-like and says what to do when something can be done. */
 export class Qcow2Error extends Error {
   readonly code: Qcow2ErrorCode;
   /** The image (or other file) the problem was found in, when there is one. */
   readonly file: string | undefined;
+  /** The structure the problem is in, when the code alone does not say it. */
+  readonly structure: Qcow2Structure | undefined;
 
-  constructor(code: Qcow2ErrorCode, message: string, options: { file?: string; cause?: unknown } = {}) {
+  constructor(code: Qcow2ErrorCode, message: string, options: { file?: string; cause?: unknown; structure?: Qcow2Structure } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'Qcow2Error';
     this.code = code;
     this.file = options.file;
+    this.structure = options.structure;
   }
 
   /** The same error, attributed to `file` when it was not attributed yet. */
   withFile(file: string): Qcow2Error {
     if (this.file !== undefined) return this;
-    const copy = new Qcow2Error(this.code, this.message, { file, cause: this.cause });
+    const copy = new Qcow2Error(this.code, this.message, { file, cause: this.cause, ...(this.structure === undefined ? {} : { structure: this.structure }) });
+    copy.stack = this.stack;
+    return copy;
+  }
+
+  /** The same error, said to be in `structure` when no structure was named yet. */
+  inStructure(structure: Qcow2Structure): Qcow2Error {
+    if (this.structure !== undefined) return this;
+    const copy = new Qcow2Error(this.code, this.message, { cause: this.cause, structure, ...(this.file === undefined ? {} : { file: this.file }) });
     copy.stack = this.stack;
     return copy;
   }

@@ -1,4 +1,4 @@
-import { Qcow2Error } from '../errors.js';
+import { Qcow2Error, type Qcow2Structure } from '../errors.js';
 import {
   AutoclearFeature,
   CompressionType,
@@ -52,12 +52,12 @@ export function layoutOf(header: Qcow2Header): ImageLayout {
   };
 }
 
-function checkTable(what: string, offset: number, bytes: number, layout: ImageLayout, fileSize: number): void {
+function checkTable(what: string, structure: Qcow2Structure, offset: number, bytes: number, layout: ImageLayout, fileSize: number): void {
   if (offset % layout.clusterSize !== 0) {
-    throw new Qcow2Error('MISALIGNED_OFFSET', `${what} offset 0x${offset.toString(16)} is not aligned to a cluster`);
+    throw new Qcow2Error('MISALIGNED_OFFSET', `${what} offset 0x${offset.toString(16)} is not aligned to a cluster`, { structure });
   }
   if (offset + bytes > fileSize) {
-    throw new Qcow2Error('TRUNCATED', `${what} (offset 0x${offset.toString(16)}, ${bytes} bytes) lies past the end of the file (${fileSize} bytes)`);
+    throw new Qcow2Error('TRUNCATED', `${what} (offset 0x${offset.toString(16)}, ${bytes} bytes) lies past the end of the file (${fileSize} bytes)`, { structure });
   }
 }
 
@@ -92,7 +92,7 @@ export function validateHeader(header: Qcow2Header, layout: ImageLayout, fileSiz
   if (header.l1Size < neededL1) {
     throw new Qcow2Error('BAD_HEADER', `L1 table is too small (${header.l1Size} entries for a ${header.size}-byte disk, need ${neededL1})`);
   }
-  if (header.l1Size > 0) checkTable('L1 table', header.l1TableOffset, l1Bytes, layout, fileSize);
+  if (header.l1Size > 0) checkTable('L1 table', 'l1-table', header.l1TableOffset, l1Bytes, layout, fileSize);
 
   // qemu's words: an image must have a refcount table, even one only reads.
   if (header.refcountTableClusters === 0) throw new Qcow2Error('BAD_HEADER', 'Image does not contain a reference count table');
@@ -100,12 +100,12 @@ export function validateHeader(header: Qcow2Header, layout: ImageLayout, fileSiz
   if (refcountTableBytes > MAX_REFCOUNT_TABLE_BYTES) {
     throw new Qcow2Error('REFCOUNT_TABLE_TOO_LARGE', `refcount table too large (${header.refcountTableClusters} clusters, max ${MAX_REFCOUNT_TABLE_BYTES} bytes)`);
   }
-  checkTable('refcount table', header.refcountTableOffset, refcountTableBytes, layout, fileSize);
+  checkTable('refcount table', 'refcount-table', header.refcountTableOffset, refcountTableBytes, layout, fileSize);
 
   if (header.nbSnapshots > MAX_SNAPSHOTS) {
-    throw new Qcow2Error('TOO_MANY_SNAPSHOTS', `too many snapshots (${header.nbSnapshots}, max ${MAX_SNAPSHOTS})`);
+    throw new Qcow2Error('TOO_MANY_SNAPSHOTS', `too many snapshots (${header.nbSnapshots}, max ${MAX_SNAPSHOTS})`, { structure: 'snapshot-table' });
   }
-  if (header.nbSnapshots > 0) checkTable('snapshot table', header.snapshotsOffset, 0, layout, fileSize);
+  if (header.nbSnapshots > 0) checkTable('snapshot table', 'snapshot-table', header.snapshotsOffset, 0, layout, fileSize);
 }
 
 /** What qemu checks only when an image is opened for I/O (qemu-img info skips it): a raw data file needs one. */

@@ -322,9 +322,10 @@ export class Qcow2Image {
 
 function validateSnapshotL1(snapshot: SnapshotEntry, layout: ImageLayout, fileSize: number): void {
   const bytes = snapshot.l1Size * 8;
-  if (bytes > 32 * 1024 * 1024) throw new Qcow2Error('L1_TOO_LARGE', `snapshot ${snapshot.id} L1 table too large (${snapshot.l1Size} entries)`);
+  const structure = 'snapshot-l1-table';
+  if (bytes > 32 * 1024 * 1024) throw new Qcow2Error('L1_TOO_LARGE', `snapshot ${snapshot.id} L1 table too large (${snapshot.l1Size} entries)`, { structure });
   if (snapshot.l1TableOffset % layout.clusterSize !== 0) {
-    throw new Qcow2Error('MISALIGNED_OFFSET', `snapshot ${snapshot.id} L1 table offset is not cluster aligned`);
+    throw new Qcow2Error('MISALIGNED_OFFSET', `snapshot ${snapshot.id} L1 table offset is not cluster aligned`, { structure });
   }
-  if (snapshot.l1TableOffset + bytes > fileSize) throw new Qcow2Error('TRUNCATED', `snapshot ${snapshot.id} L1 table lies past the end of the file`);
+  if (snapshot.l1TableOffset + bytes > fileSize) throw new Qcow2Error('TRUNCATED', `snapshot ${snapshot.id} L1 table lies past the end of the file`, { structure });
 }

@@ -8,6 +8,14 @@ import type { Storage } from '../io/storage.js';
  * chunks, never past qemu's 64 MiB limit nor past the end of the file.
  */
 export async function loadSnapshotTable(storage: Storage, offset: number, count: number, fileSize: number): Promise<{ entries: SnapshotEntry[]; tableBytes: number }> {
+  try {
+    return await readSnapshotTable(storage, offset, count, fileSize);
+  } catch (error) {
+    throw error instanceof Qcow2Error ? error.inStructure('snapshot-table') : error;
+  }
+}
+
+async function readSnapshotTable(storage: Storage, offset: number, count: number, fileSize: number): Promise<{ entries: SnapshotEntry[]; tableBytes: number }> {
   const entries: SnapshotEntry[] = [];
   if (count === 0) return { entries, tableBytes: 0 };
   const limit = Math.min(MAX_SNAPSHOT_TABLE_BYTES, fileSize - offset);
