@@ -30,6 +30,11 @@ import type { Refcounts } from './refcounts.js';
  * directory are written in newly allocated clusters (refcounts first), then one header write names the new
  * directory (and sets autoclear bit 0, "the bitmaps are consistent"), then what only the old directory named is
  * freed. A process killed at any point leaves the old bitmaps or the new ones, and at worst leaked clusters.
+ *
+ * Over 400 lines on purpose: every operation of BitmapEditor (add, remove, clear, enable, merge, in-use, store,
+ * resize) is one switch over the same directory and allocation state; apart, they would share that state
+ * through a wider interface than the one file has now. Readers of the bitmaps (bitmap-tracker.ts, info) use only
+ * the reading functions at the top.
  */
 
 /** The bitmaps of an image as qemu would load them. */

@@ -20,6 +20,9 @@ import { Refcounts } from './refcounts.js';
  * of the file, unaligned or overlapping), rewrites incomplete snapshot table entries, and clears the dirty and
  * corrupt bits once the image is consistent.
  *
+ * Just over 400 lines: the repairer is a check pass (it extends ImageChecker) whose steps share the pass's
+ * state; each step is a method so its write order reads top to bottom.
+ *
  * The order keeps a crash harmless: entries are cleared before refcounts drop; a rebuilt refcount table and its
  * blocks are written past the end of the file, where nothing points, and flushed before one header write switches
  * to them; the dirty bit is cleared last. Nothing a repair does changes what the guest reads.

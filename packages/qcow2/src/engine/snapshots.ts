@@ -26,6 +26,9 @@ import type { Qcow2Image } from './qcow2-image.js';
  * own plus one more reference on every cluster it reaches; COPIED flags in the active tables say "refcount is
  * exactly 1, write in place".
  *
+ * Over 400 lines on purpose: create, delete and apply are three uses of one set of helpers (the reach of an L1
+ * table, COPIED recomputation, the new snapshot table) whose order rules are stated once, here.
+ *
  * CRASH SAFETY. Create, delete and apply change refcounts and COPIED flags together, and no order of in-place
  * writes keeps them agreeing at every step (qemu-img check reports either disagreement as a corruption). So all
  * three are metadata switches (metadata-switch.ts): nothing in use is written; new refcount blocks and table,

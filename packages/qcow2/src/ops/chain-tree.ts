@@ -16,7 +16,7 @@ import { Qcow2Image } from '../engine/qcow2-image.js';
 import { Qcow2Error } from '../errors.js';
 import { QCOW2_MAGIC } from '../format/constants.js';
 import type { Storage } from '../io/storage.js';
-import { fullBackingFilename } from './image-info.js';
+import { fullBackingFilename } from './backing-names.js';
 
 /** The kinds of chain problems. */
 export type ChainProblemCode =

@@ -2,6 +2,8 @@
  * Images damaged on purpose, for the check and repair tests: each case makes a small image with qemu-img/qemu-io
  * (or copies one from the corpus) and corrupts it precisely, plus helpers to run qemu-img check on it and to
  * compare a CheckReport with what qemu-img prints.
+ *
+ * Over 400 lines: a catalogue, one small case after another; the check, repair and CLI tests share it.
  */
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
