@@ -109,8 +109,8 @@ function formatOptions(format: CloudFormat, value: (key: string) => string | und
       return {
         format,
         ...(subformat === 'dynamic' || subformat === 'fixed' ? { subformat } : {}),
-        ...(logSize === undefined ? {} : { logSize: parseSize(logSize) }),
-        ...(blockSize === undefined ? {} : { blockSize: parseSize(blockSize) }),
+        ...(logSize === undefined ? {} : { logSize: optionSizeBytes('log_size', logSize, printWarning) }),
+        ...(blockSize === undefined ? {} : { blockSize: optionSizeBytes('block_size', blockSize, printWarning) }),
         ...(blockStateZero === undefined ? {} : { blockStateZero }),
       };
     }
