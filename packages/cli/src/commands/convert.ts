@@ -3,6 +3,7 @@ import { ConcatDevice, Qcow2Device, clearQcow2Target, clearRawTarget, convertToQ
 import { compressionTypeName } from '@qcowkit/qcow2/format';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
+import { paceGarbageCollection } from './garbage-pacer.js';
 import { parseImageOptions } from '../output/image-options.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
 import { convertCopySettings, salvaged, type ConvertCopyFlags, type ConvertCopySettings } from './convert-flags.js';
@@ -152,6 +153,8 @@ export function registerConvert(program: Command): void {
       await source.close();
       throw error;
     }
+    // Compressing makes garbage buffers as fast as it copies: collected as it goes (memory bounded, issue 10).
+    const stopPacing = flags.compress ? paceGarbageCollection() : () => {};
     await withDevice(source, async () => {
       const selector = snapshotSelector(flags);
       const view = salvaged(selector === undefined ? source : await snapshotView(source, selector, filename), flags);
@@ -188,6 +191,6 @@ export function registerConvert(program: Command): void {
         }
       }
       progress.finish();
-    });
+    }).finally(stopPacing);
   });
 }
