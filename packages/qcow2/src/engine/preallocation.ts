@@ -1,5 +1,4 @@
 import { ALLOC_BITMAP_AT, ALL_SUBCLUSTERS, setTableEntry } from '../format/table-entries.js';
-import { viewOf } from '../format/struct.js';
 import type { Preallocation } from './create-image.js';
 import type { WriteContext } from './write-context.js';
 
@@ -16,10 +15,7 @@ export async function preallocate(context: WriteContext, mode: Exclude<Prealloca
   const size = image.virtualSize;
   const clusters = Math.ceil(size / clusterSize);
   for (let l1Index = 0; l1Index * l2Coverage < size; l1Index++) {
-    const l2Offset = await context.l2ForWrite(l1Index);
-    const table = await image.l2Table(l2Offset);
-    image.l2Cache.markDirty(l2Offset);
-    const view = viewOf(table);
+    const { view } = await context.dirtyL2(l1Index);
     const first = l1Index * l2Entries;
     const count = Math.min(l2Entries, clusters - first);
     const host = externalDataFile ? first * clusterSize : await refcounts.allocate(count);

@@ -81,10 +81,7 @@ async function dropClustersFrom(context: WriteContext, from: number, to: number)
         image.l2Cache.delete(l2Offset);
         context.release(l2Offset / clusterSize, 1);
       } else {
-        const owned = await context.l2ForWrite(l1Index);
-        const table = await image.l2Table(owned);
-        image.l2Cache.markDirty(owned);
-        const view = viewOf(table);
+        const { view } = await context.dirtyL2(l1Index);
         for (let cluster = pos / clusterSize; cluster * clusterSize < tableEnd; cluster++) {
           const at = (cluster % l2Entries) * l2EntryBytes;
           context.releaseEntry(view.getUint32(at), view.getUint32(at + 4));

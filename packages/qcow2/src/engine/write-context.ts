@@ -1,5 +1,6 @@
 import { Qcow2Error } from '../errors.js';
 import { COPIED_HI, entryHostOffset, l2EntryClusters, setTableEntry } from '../format/table-entries.js';
+import { viewOf } from '../format/struct.js';
 import type { BitmapTracker } from './bitmap-tracker.js';
 import type { Qcow2Image } from './qcow2-image.js';
 import type { Refcounts } from './refcounts.js';
@@ -103,6 +104,17 @@ export class WriteContext {
     if (oldOffset !== 0) this.release(oldOffset / this.clusterSize, 1);
     this.fileReaches(newOffset + this.clusterSize);
     return newOffset;
+  }
+
+  /**
+   * The L2 table of L1 index `l1Index` ready for writing (l2ForWrite), marked dirty at once (a dirty table is
+   * never evicted, so later awaits cannot lose it), as a view for changing its entries.
+   */
+  async dirtyL2(l1Index: number): Promise<{ offset: number; view: DataView }> {
+    const offset = await this.l2ForWrite(l1Index);
+    const table = await this.image.l2Table(offset);
+    this.image.l2Cache.markDirty(offset);
+    return { offset, view: viewOf(table) };
   }
 
   /** Points active L1 entry `l1Index` at `l2Offset` (COPIED), in memory and in the file. */

@@ -130,10 +130,7 @@ async function zeroClustersInTable(context: WriteContext, l1Index: number, from:
   if (l1Index < l1.entries && v2 && entryHostOffset(l1.view.getUint32(l1Index * 8), l1.view.getUint32(l1Index * 8 + 4)) === 0) {
     return; // v2 deallocation of a range with no L2 table: nothing to do.
   }
-  const l2Offset = await context.l2ForWrite(l1Index);
-  const table = await image.l2Table(l2Offset);
-  image.l2Cache.markDirty(l2Offset);
-  const view = viewOf(table);
+  const { view } = await context.dirtyL2(l1Index);
   for (let cluster = from / clusterSize; cluster * clusterSize < to; cluster++) {
     const at = (cluster % l2Entries) * l2EntryBytes;
     const hi = view.getUint32(at);
