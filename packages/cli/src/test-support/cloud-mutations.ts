@@ -6,11 +6,11 @@
  * cloud-formats.hostile.test.ts and by scripts/hostile-sweep.ts --cloud, which judge qcowkit against qemu-img on
  * each mutant with the rules of hostile-mutations.ts.
  */
-import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32c } from '../../../qcow2/src/formats/vhdx/crc32c.js';
 import { vhdChecksum } from '../../../qcow2/src/formats/vpc/footer.js';
+import { must, xorshift } from './hostile-mutations.js';
 import { CLI_MAIN } from './run-cli.js';
 
 export type CloudFormat = 'vpc' | 'vmdk' | 'vhdx';
@@ -25,11 +25,6 @@ export interface CloudMutant {
   name: string;
   format: CloudFormat;
   bytes: Uint8Array;
-}
-
-function must(command: string, args: string[], cwd: string): void {
-  const r = spawnSync(command, args, { cwd, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${command} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
 }
 
 /** The seeds, made in `dir`: 16 MiB disks with data at a few places (so tables have entries). */
@@ -50,16 +45,6 @@ export function makeCloudSeeds(dir: string): CloudSeed[] {
     else must(process.execPath, [CLI_MAIN, ...args], dir);
   }
   return seeds.map(([name, format]) => ({ name, format, bytes: new Uint8Array(readFileSync(join(dir, name))) }));
-}
-
-function xorshift(seed: number): () => number {
-  let s = seed * 2654435761 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 0x100000000;
-  };
 }
 
 /** Fields worth setting: [name, offset, width in bytes, little-endian]. */

@@ -12,7 +12,8 @@ export interface Seed {
   bytes: Uint8Array;
 }
 
-function must(command: string, args: string[], cwd: string): void {
+/** Runs a tool in `cwd`; throws with its output when it fails. */
+export function must(command: string, args: string[], cwd: string): void {
   const r = spawnSync(command, args, { cwd, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${command} ${args.join(' ')}: ${r.stdout}${r.stderr}`);
 }
@@ -77,7 +78,8 @@ function layoutOf(bytes: Uint8Array): Layout {
   return { clusterSize, l1, l1Size, l2, refcountTable, refcountBlocks, snapshots: u64(64), compressed, l2EntryBytes };
 }
 
-function xorshift(seed: number): () => number {
+/** A small deterministic random source: the same seed gives the same mutants on every run. */
+export function xorshift(seed: number): () => number {
   let s = seed * 2654435761 || 1;
   return () => {
     s ^= s << 13;
