@@ -37,16 +37,16 @@ const qcow2NodeModuleUrl = {
 
 /**
  * Node built-ins that cost milliseconds to load (child_process pulls in net, dgram and the stream stack; zlib,
- * worker_threads, http, crypto their own graphs) but that most commands never call: commander requires
+ * worker_threads, http, crypto their own graphs, fs/promises readline's) but that most commands never call: commander requires
  * child_process for external subcommands, the engine's node entry point zlib and worker_threads for compression.
  * Each becomes a stand-in that loads the real module on first use (imports compile to property reads at the call,
  * `(0, import_node_zlib.deflateRaw)(...)`, so the first read loads it). ~10 ms off every start-up (issue 10).
  */
-const LAZY_BUILTINS = ['child_process', 'worker_threads', 'zlib', 'http', 'https', 'crypto', 'net'];
+const LAZY_BUILTINS = ['child_process', 'worker_threads', 'zlib', 'http', 'https', 'crypto', 'net', 'fs/promises'];
 const lazyBuiltins = {
   name: 'lazy-builtins',
   setup(b) {
-    const filter = new RegExp(`^(node:)?(${LAZY_BUILTINS.join('|')})$`);
+    const filter = new RegExp(`^(node:)?(${LAZY_BUILTINS.join('|').replaceAll('/', '\\/')})$`);
     b.onResolve({ filter }, (args) => ({ path: args.path.replace(/^node:/, ''), namespace: 'lazy-builtin' }));
     b.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, (args) => ({
       // Its export names, listed at build time: the bundle copies them onto import objects (__toESM) without
@@ -69,6 +69,8 @@ await build({
   // import() of the packages left out becomes require(): a script compiled from a code cache has no import().
   supported: { 'dynamic-import': false },
   plugins: [qcow2NodeModuleUrl, lazyBuiltins],
+  // output/version.ts: the version without resolving package.json at every start.
+  define: { QCOWKIT_BUNDLED_VERSION: JSON.stringify(JSON.parse(await readFile(join(cliDir, 'package.json'), 'utf8')).version) },
   // Verbatim (not bundled). __qcow2NodeModuleUrl: where the installed @qcowkit/qcow2/node lives, found when first
   // asked: its file in one of the bundle's node_modules directories (what require.resolve finds, without loading
   // the ES module resolver that package exports need), else require.resolve. __lazyBuiltin: see LAZY_BUILTINS.

@@ -1,7 +1,8 @@
+import { realpathSync } from 'node:fs';
 import { realpath } from 'node:fs/promises';
 import type { HostFiles } from '../device/host-files.js';
 import { httpHostFiles } from '../http/http-host-files.js';
-import { FileStorage } from './file-storage.js';
+import { FileStorage, blockingFileIo } from './file-storage.js';
 
 /** The local file system alone. */
 const localFiles: HostFiles = {
@@ -13,7 +14,8 @@ const localFiles: HostFiles = {
   },
   async canonical(name) {
     try {
-      return await realpath(name);
+      // With blocking I/O, on this thread too (a round trip through the thread pool costs more than the call).
+      return blockingFileIo() ? realpathSync.native(name) : await realpath(name);
     } catch {
       return name;
     }
