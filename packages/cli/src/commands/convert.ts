@@ -3,7 +3,7 @@ import { ConcatDevice, Qcow2Device, clearQcow2Target, clearRawTarget, convertToQ
 import { compressionTypeName } from '@qcowkit/qcow2/format';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
-import { paceGarbageCollection } from './garbage-pacer.js';
+import { collectingGarbage } from './garbage-pacer.js';
 import { parseImageOptions } from '../output/image-options.js';
 import { addProgressOptions, progressReporter, type ProgressFlags } from '../output/progress.js';
 import { convertCopySettings, salvaged, type ConvertCopyFlags, type ConvertCopySettings } from './convert-flags.js';
@@ -153,22 +153,22 @@ export function registerConvert(program: Command): void {
       await source.close();
       throw error;
     }
-    // Compressing makes garbage buffers as fast as it copies: collected as it goes (memory bounded, issue 10).
-    const stopPacing = flags.compress ? paceGarbageCollection() : () => {};
     await withDevice(source, async () => {
       const selector = snapshotSelector(flags);
       const view = salvaged(selector === undefined ? source : await snapshotView(source, selector, filename), flags);
       const progress = progressReporter('convert', flags, toStdout);
       progress.update(0, view.size);
+      // Compressing makes garbage buffers as fast as it copies: collected as the copy advances (bounded memory).
+      const update = flags.compress ? collectingGarbage(progress.update) : progress.update;
       if (toStdout && !isCloudFormat(outputFormat)) {
         const options = parseImageOptions(flags.options, outputFormat);
         const compress = flags.compress ? clusterCompressor(options.qcow2.compressionType ?? 'zlib', options.qcow2.clusterSize ?? 65536) : undefined;
-        await convertToStdout(view, outputFormat, options, { sparseSize: settings.sparseSize, ...(compress === undefined ? {} : { compress }), ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }) }, progress.update);
+        await convertToStdout(view, outputFormat, options, { sparseSize: settings.sparseSize, ...(compress === undefined ? {} : { compress }), ...(settings.rateLimiter === undefined ? {} : { rateLimiter: settings.rateLimiter }) }, update);
       } else if (outputFormat === 'qcow2') {
-        await convertIntoQcow2(view, outputFilename, flags, settings, progress.update);
+        await convertIntoQcow2(view, outputFilename, flags, settings, update);
         if (flags.bitmaps) await copyBitmaps(source, outputFilename, flags.quiet === true);
       } else if (isCloudFormat(outputFormat)) {
-        await convertIntoCloudFormat(view, outputFilename, outputFormat, { ...flags, settings, flush: cacheMode(flags) === 'writeback' }, progress.update);
+        await convertIntoCloudFormat(view, outputFilename, outputFormat, { ...flags, settings, flush: cacheMode(flags) === 'writeback' }, update);
       } else {
         if (flags.options !== undefined) parseImageOptions(flags.options, 'raw');
         // Created under qemu's create locks, then held as qemu-img convert holds a raw target (read, write).
@@ -179,7 +179,7 @@ export function registerConvert(program: Command): void {
           if (settings.clearTarget) await clearRawTarget(target, view.size);
           await convertToRaw(view, target, {
             sparseSize: settings.sparseSize,
-            onProgress: progress.update,
+            onProgress: update,
             flush: cacheMode(flags) === 'writeback',
             keepTarget: flags.noCreate === true,
             ...(settings.parallel === undefined ? {} : { parallel: settings.parallel }),
@@ -191,6 +191,6 @@ export function registerConvert(program: Command): void {
         }
       }
       progress.finish();
-    }).finally(stopPacing);
+    });
   });
 }
