@@ -15,6 +15,7 @@ import { CLOUD_IMAGES, generateCloudCorpus } from '../../../../fixtures/cloud-co
 import { hasQemuImg, requireQemuImg } from '../../../../fixtures/corpus.js';
 import { qcowkit, qemu } from '../test-support/run-cli.js';
 import { randomGuid } from '../../../qcow2/src/formats/vhdx/guid.js';
+import { QemuIoHolder } from '../../../qcow2/src/test-support/qemu-io-holder.js';
 import { logEntry, withLog } from '../../../qcow2/src/test-support/vhdx-log-entry.js';
 
 requireQemuImg();
@@ -339,6 +340,23 @@ describe.runIf(hasQemuImg())('cloud formats against qemu-img 7.2', { timeout: 60
       expect(qemu(['check', 'vhdx-replay.ours.vhdx'], dir).status).toBe(0);
       expect(qemu(['compare', '-f', 'vhdx', '-F', 'vhdx', 'vhdx-replay.ours.vhdx', 'vhdx-replay.qemu.vhdx'], dir).status).toBe(0);
       expect(qemu(['compare', '-f', 'vhdx', '-F', 'raw', 'vhdx-replay.ours.vhdx', 'mixed.raw'], dir).status).toBe(1);
+    });
+    it('check -r all beside a process writing the file: refused before the log is replayed, as qemu-img refuses', async () => {
+      dirty('vhdx-held.vhdx', false);
+      const before = sha256(join(dir, 'vhdx-held.vhdx'));
+      // qemu-io opening the file as raw, read-write: it holds qemu's write lock and changes nothing.
+      const holder = await QemuIoHolder.start(join(dir, 'vhdx-held.vhdx'), ['-f', 'raw']);
+      try {
+        const theirs = qemu(['check', '-r', 'all', 'vhdx-held.vhdx'], dir);
+        expect(theirs.status).toBe(1);
+        expect(theirs.stderr).toMatch(/Failed to get shared "write" lock/);
+        const ours = qcowkit(['check', '-r', 'all', 'vhdx-held.vhdx'], dir);
+        expect(ours.status).toBe(1);
+        expect(ours.stderr).toMatch(/vhdx-held\.vhdx: Failed to get shared "write" lock/);
+        expect(sha256(join(dir, 'vhdx-held.vhdx'))).toBe(before);
+      } finally {
+        await holder.release();
+      }
     });
     it('a log entry with a wrong checksum is no log to replay, for qemu-img as for qcowkit', () => {
       dirty('vhdx-dirty-broken.vhdx', true);
