@@ -156,7 +156,7 @@ function runCommand(dir: string, scenario: KillScenario, env: Record<string, str
     const child = spawn(process.execPath, [CLI_MAIN, ...scenario.args], { cwd: dir, env: { ...process.env, ...env }, stdio: [stdin, 'ignore', 'pipe'] });
     if (typeof stdin === 'number') closeSync(stdin);
     let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString())); // stdio[2] is a pipe
     const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
     child.on('error', reject);
     child.on('exit', (status, signal) => {

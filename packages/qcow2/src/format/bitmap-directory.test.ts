@@ -16,10 +16,9 @@ import {
   encodeBitmapDirectory,
   hasBitmapFlag,
   type BitmapDirectoryEntry,
-  type BitmapsExtensionFields,
 } from './bitmap-directory.js';
 import { HeaderExtensionType } from './constants.js';
-import { findExtension } from './header-extensions.js';
+import { findExtension, type BitmapsExtensionFields } from './header-extensions.js';
 import { decodeHeader } from './header.js';
 
 requireQemuImg();
