@@ -28,9 +28,19 @@ function deflateCompressor(clusterSize: number, inFlight: number): ClusterCompre
   return async (cluster) => {
     await limit.acquire();
     try {
-      // One output chunk of the cluster's size: a stream that does not fit is useless anyway.
-      const out = await deflateRawAsync(cluster, { windowBits: 12, level: constants.Z_DEFAULT_COMPRESSION, memLevel: 9, chunkSize: clusterSize });
-      return out.length < clusterSize ? new Uint8Array(out.buffer, out.byteOffset, out.length) : undefined;
+      // One output chunk of the cluster's size, and no more: a stream that does not fit is useless anyway, and
+      // zlib stops there instead of taking a second chunk and joining both (garbage that piled up, issue 10).
+      const out = await deflateRawAsync(cluster, {
+        windowBits: 12,
+        level: constants.Z_DEFAULT_COMPRESSION,
+        memLevel: 9,
+        chunkSize: clusterSize,
+        maxOutputLength: clusterSize - 1,
+      }).catch((error: unknown) => {
+        if ((error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') return undefined;
+        throw error;
+      });
+      return out !== undefined && out.length < clusterSize ? new Uint8Array(out.buffer, out.byteOffset, out.length) : undefined;
     } finally {
       limit.release();
     }
