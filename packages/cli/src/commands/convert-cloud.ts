@@ -1,4 +1,4 @@
-import { convertToSink, createImageSink, type BlockDevice } from '@qcowkit/qcow2/engine';
+import { Qcow2Error, convertToSink, createImageSink, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { FileStorage } from '@qcowkit/qcow2/node';
 import { parseCloudImageOptions, type CloudFormat } from '../output/cloud-image-options.js';
 import { CommandError } from '../output/errors.js';
@@ -23,14 +23,14 @@ export async function convertIntoCloudFormat(
   onProgress: (done: number, total: number) => void,
 ): Promise<void> {
   const options = parseCloudImageOptions(format, flags.options);
-  if (options.refusal !== undefined) throw new CommandError(options.refusal);
+  if (options.refusal !== undefined) throw creationError(new CommandError(options.refusal), format, outputFilename);
   const storage = await FileStorage.open(outputFilename, { create: true });
   let sink;
   try {
     sink = await createImageSink(storage, newImageOptions(options, options.size ?? source.size), outputFilename);
   } catch (error) {
     await storage.close();
-    throw error;
+    throw creationError(error, format, outputFilename);
   }
   try {
     await convertToSink(source, sink, {
@@ -42,4 +42,10 @@ export async function convertIntoCloudFormat(
   } finally {
     await sink.close();
   }
+}
+
+/** qemu-img's line for a target it could not create: "OUT: error while converting FMT: reason". */
+export function creationError(error: unknown, format: string, outputFilename: string): unknown {
+  const refused = error instanceof CommandError ? error.file === undefined : error instanceof Qcow2Error && error.code === 'BAD_ARGUMENT';
+  return refused ? new CommandError(`error while converting ${format}: ${(error as Error).message}`, 1, outputFilename) : error;
 }

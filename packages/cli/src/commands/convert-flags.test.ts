@@ -2,7 +2,7 @@
  * convert's copy flags against qemu-img 7.2 on the same files: --target-is-zero and -n, -S, -r, --salvage, and the
  * progress stream for programs (--progress=json). Refusals must print qemu-img's message and exit 1 like it.
  */
-import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -71,6 +71,11 @@ describe('refusals as qemu-img', () => {
     ['-r negative', ['-r', '-5', '-O', 'raw', 'src.qcow2', 'r6.raw']],
     ['-r beyond 63 bits', ['-r', '10E', '-O', 'raw', 'src.qcow2', 'r7.raw']],
     ['-n into a smaller output', ['-n', '-O', 'qcow2', 'src.qcow2', 'small.qcow2']],
+    // Creation options qemu parses but refuses when it creates the target: named with the output file.
+    ['a cluster size qemu refuses', ['-o', 'cluster_size=3', '-O', 'qcow2', 'src.qcow2', 'r9.qcow2']],
+    ['a refcount width qemu refuses', ['-o', 'refcount_bits=3', '-O', 'qcow2', 'src.qcow2', 'r10.qcow2']],
+    ['a VHD subformat qemu refuses', ['-o', 'subformat=bogus', '-O', 'vpc', 'src.qcow2', 'r11.vhd']],
+    ['an unknown creation option', ['-o', 'foo=1', '-O', 'qcow2', 'src.qcow2', 'r12.qcow2']],
   ];
   beforeAll(() => {
     expect(qemu(['create', '-q', '-f', 'qcow2', 'blank.qcow2', '64M'], work).status).toBe(0);
@@ -93,6 +98,12 @@ describe('refusals as qemu-img', () => {
       expect(message(ours.stderr, 'qcowkit: ')).toBe(message(theirs.stderr, 'qemu-img: '));
     });
   }
+  it('a refused qcow2 creation leaves no output file, as qemu-img', () => {
+    for (const tool of [qemu, qcowkit]) {
+      expect(tool(['convert', '-o', 'cluster_size=3', '-O', 'qcow2', 'src.qcow2', 'left.qcow2'], work).status).toBe(1);
+      expect(existsSync(join(work, 'left.qcow2'))).toBe(false);
+    }
+  });
 });
 
 describe('-n and --target-is-zero', () => {

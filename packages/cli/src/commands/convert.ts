@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { ConcatDevice, Qcow2Device, clearQcow2Target, clearRawTarget, convertToQcow2, convertToRaw, createQcow2, layerPermissions, type BlockDevice } from '@qcowkit/qcow2/engine';
+import { ConcatDevice, Qcow2Device, clearQcow2Target, clearRawTarget, convertToQcow2, convertToRaw, createQcow2, layerPermissions, validateCreateOptions, type BlockDevice } from '@qcowkit/qcow2/engine';
 import { compressionTypeName } from '@qcowkit/qcow2/format';
 import { FileStorage, clusterCompressor, openImageFile } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
@@ -10,7 +10,7 @@ import { convertCopySettings, salvaged, type ConvertCopyFlags, type ConvertCopyS
 import { checkBitmapCopy, copyBitmaps, type ConvertBitmapFlags } from './convert-bitmaps.js';
 import { PIPE, checkPipeOutput, convertToStdout, spoolStandardInput } from './convert-pipe.js';
 import { FORCE_SHARE_OPTION, openForReading, parseFormatFlag, withDevice } from './open.js';
-import { convertIntoCloudFormat } from './convert-cloud.js';
+import { convertIntoCloudFormat, creationError } from './convert-cloud.js';
 import { isCloudFormat } from '../output/cloud-image-options.js';
 
 interface ConvertFlags extends ProgressFlags, ConvertCopyFlags, ConvertBitmapFlags {
@@ -57,6 +57,12 @@ async function convertIntoQcow2(
   if (flags.backingFile !== undefined) options.qcow2.backingFile = flags.backingFile;
   if (flags.backingFormat !== undefined) options.qcow2.backingFormat = flags.backingFormat;
   if (!flags.noCreate) {
+    // Refused before the target exists, in qemu-img's words for a failed creation.
+    try {
+      validateCreateOptions({ ...options.qcow2, size: source.size });
+    } catch (error) {
+      throw creationError(error, 'qcow2', outputFilename);
+    }
     const storage = await FileStorage.open(outputFilename, { create: true });
     try {
       await createQcow2(storage, { ...options.qcow2, size: source.size });
@@ -194,3 +200,4 @@ export function registerConvert(program: Command): void {
     });
   });
 }
+
