@@ -27,6 +27,8 @@ export type Qcow2ErrorCode =
   | 'SNAPSHOT_NOT_FOUND'
   | 'BITMAP_NOT_FOUND'
   | 'BAD_ARGUMENT'
+  /** The size asked for is more than the format can address (qemu's EFBIG; qemu-img create words it itself). */
+  | 'SIZE_TOO_LARGE'
   | 'OUT_OF_RANGE'
   | 'READ_ONLY'
   | 'IO_ERROR'
@@ -49,6 +51,15 @@ export type Qcow2ErrorCode =
  */
 export type Qcow2Structure = 'header' | 'l1-table' | 'refcount-table' | 'snapshot-table' | 'snapshot-l1-table';
 
+/** Where a {@link Qcow2Error} was found, and what else a caller may switch on besides its code. */
+export interface Qcow2ErrorOptions {
+  file?: string;
+  cause?: unknown;
+  structure?: Qcow2Structure;
+  /** The file does not exist (ENOENT, HTTP 404, not among the files a browser user chose). */
+  missing?: boolean;
+}
+
 /** The one error class of the engine: `code` says what went wrong (see {@link errorCodes}), `file` where; the message is qemu-like and says what to do when something can be done. */
 export class Qcow2Error extends Error {
   readonly code: Qcow2ErrorCode;
@@ -56,27 +67,33 @@ export class Qcow2Error extends Error {
   readonly file: string | undefined;
   /** The structure the problem is in, when the code alone does not say it. */
   readonly structure: Qcow2Structure | undefined;
+  /** An `IO_ERROR` because the file does not exist, so callers need not read the message to tell. */
+  readonly missing: boolean;
 
-  constructor(code: Qcow2ErrorCode, message: string, options: { file?: string; cause?: unknown; structure?: Qcow2Structure } = {}) {
+  constructor(code: Qcow2ErrorCode, message: string, options: Qcow2ErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'Qcow2Error';
     this.code = code;
     this.file = options.file;
     this.structure = options.structure;
+    this.missing = options.missing === true;
   }
 
   /** The same error, attributed to `file` when it was not attributed yet. */
   withFile(file: string): Qcow2Error {
-    if (this.file !== undefined) return this;
-    const copy = new Qcow2Error(this.code, this.message, { file, cause: this.cause, ...(this.structure === undefined ? {} : { structure: this.structure }) });
-    copy.stack = this.stack;
-    return copy;
+    return this.file !== undefined ? this : this.copyWith({ file });
   }
 
   /** The same error, said to be in `structure` when no structure was named yet. */
   inStructure(structure: Qcow2Structure): Qcow2Error {
-    if (this.structure !== undefined) return this;
-    const copy = new Qcow2Error(this.code, this.message, { cause: this.cause, structure, ...(this.file === undefined ? {} : { file: this.file }) });
+    return this.structure !== undefined ? this : this.copyWith({ structure });
+  }
+
+  private copyWith(changes: Qcow2ErrorOptions): Qcow2Error {
+    const options: Qcow2ErrorOptions = { cause: this.cause, missing: this.missing };
+    if (this.file !== undefined) options.file = this.file;
+    if (this.structure !== undefined) options.structure = this.structure;
+    const copy = new Qcow2Error(this.code, this.message, { ...options, ...changes });
     copy.stack = this.stack;
     return copy;
   }

@@ -27,7 +27,7 @@ export { Image } from './api/image.js';
 export type { Host } from './api/host.js';
 export { memoryHost, type MemoryHost } from './api/memory-host.js';
 export { errorCodes } from './api/error-codes.js';
-export { Qcow2Error, isQcow2Error, type Qcow2ErrorCode, type Qcow2Structure } from './errors.js';
+export { Qcow2Error, isQcow2Error, type Qcow2ErrorCode, type Qcow2ErrorOptions, type Qcow2Structure } from './errors.js';
 export type { Storage, StorageRegion } from './io/storage.js';
 export { MemoryStorage } from './io/memory-storage.js';
 export type { HostFiles, FileReference, ReferenceGate } from './device/host-files.js';

@@ -40,7 +40,7 @@ const regularFilesOnly: HostFiles = {
       info = await stat(name);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      throw new Qcow2Error('IO_ERROR', code === 'ENOENT' ? 'No such file or directory' : (error as Error).message, { file: name, cause: error });
+      throw new Qcow2Error('IO_ERROR', code === 'ENOENT' ? 'No such file or directory' : (error as Error).message, { file: name, cause: error, missing: code === 'ENOENT' });
     }
     if (!info.isFile()) throw new Qcow2Error('IO_ERROR', 'not a regular file', { file: name });
     return nodeHostFiles.open(name, { writable: false });

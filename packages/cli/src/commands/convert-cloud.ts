@@ -46,6 +46,6 @@ export async function convertIntoCloudFormat(
 
 /** qemu-img's line for a target it could not create: "OUT: error while converting FMT: reason". */
 export function creationError(error: unknown, format: string, outputFilename: string): unknown {
-  const refused = error instanceof CommandError ? error.file === undefined : error instanceof Qcow2Error && error.code === 'BAD_ARGUMENT';
+  const refused = error instanceof CommandError ? error.file === undefined : error instanceof Qcow2Error && (error.code === 'BAD_ARGUMENT' || error.code === 'SIZE_TOO_LARGE');
   return refused ? new CommandError(`error while converting ${format}: ${(error as Error).message}`, 1, outputFilename) : error;
 }

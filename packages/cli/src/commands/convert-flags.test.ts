@@ -76,10 +76,12 @@ describe('refusals as qemu-img', () => {
     ['a refcount width qemu refuses', ['-o', 'refcount_bits=3', '-O', 'qcow2', 'src.qcow2', 'r10.qcow2']],
     ['a VHD subformat qemu refuses', ['-o', 'subformat=bogus', '-O', 'vpc', 'src.qcow2', 'r11.vhd']],
     ['an unknown creation option', ['-o', 'foo=1', '-O', 'qcow2', 'src.qcow2', 'r12.qcow2']],
+    ['a disk larger than a VHD can address', ['-O', 'vpc', 'big.qcow2', 'r13.vhd']],
   ];
   beforeAll(() => {
     expect(qemu(['create', '-q', '-f', 'qcow2', 'blank.qcow2', '64M'], work).status).toBe(0);
     expect(qemu(['create', '-q', '-f', 'qcow2', 'small.qcow2', '1M'], work).status).toBe(0);
+    expect(qemu(['create', '-q', '-f', 'qcow2', 'big.qcow2', '3T'], work).status).toBe(0);
   });
   it('-n --target-is-zero -B: qemu-img prints its refusal but exits 0 (a qemu bug); qcowkit prints the same and exits 1', () => {
     const args = ['convert', '-n', '--target-is-zero', '-B', 'src.qcow2', '-F', 'qcow2', '-O', 'qcow2', 'src.qcow2', 'blank.qcow2'];

@@ -47,8 +47,8 @@ export async function createCloudImage(filename: string, sizeText: string | unde
   try {
     await writeEmptyImage(filename, newImageOptions(options, size));
   } catch (error) {
-    // qemu-img's words for any size its format cannot hold.
-    if (error instanceof Qcow2Error && error.code === 'BAD_ARGUMENT' && /too large/i.test(error.message)) {
+    // qemu-img create's words for a size the format cannot address (EFBIG); other refusals pass through as qemu's do.
+    if (error instanceof Qcow2Error && error.code === 'SIZE_TOO_LARGE') {
       throw new CommandError(`The image size is too large for file format '${format}'`);
     }
     if (error instanceof Qcow2Error && error.code === 'BAD_ARGUMENT') throw new CommandError(error.message);

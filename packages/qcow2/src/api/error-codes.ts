@@ -39,6 +39,7 @@ export const errorCodes: Readonly<Record<Qcow2ErrorCode, string>> = {
   SNAPSHOT_NOT_FOUND: 'No internal snapshot has that id or name.',
   BITMAP_NOT_FOUND: 'No persistent dirty bitmap has that name.',
   BAD_ARGUMENT: "An argument is invalid (a size, a cluster size, an option qemu-img would refuse); qemu's message.",
+  SIZE_TOO_LARGE: 'A new image larger than its format can address (a VHD over 2040 GiB); qemu-img create words it "The image size is too large for file format".',
   OUT_OF_RANGE: 'A read or write past the end of the virtual disk.',
   READ_ONLY: 'A write to an image (or storage) opened read-only, or to a snapshot view.',
   IO_ERROR: 'The host could not read or write a file (missing file, permission, an HTTP error status).',

@@ -50,7 +50,7 @@ export function memoryHost(files: Record<string, Uint8Array> = {}): MemoryHost {
   const hostFiles: HostFiles = {
     async open(name) {
       const storage = stored.get(name);
-      if (storage === undefined) throw new Qcow2Error('IO_ERROR', 'No such file or directory', { file: name });
+      if (storage === undefined) throw new Qcow2Error('IO_ERROR', 'No such file or directory', { file: name, missing: true });
       return keepOnClose(storage);
     },
     async create(name) {

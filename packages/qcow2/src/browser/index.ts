@@ -83,7 +83,7 @@ export function browserHost(options: BrowserHostOptions = {}): BrowserHost {
       if (memory !== undefined) return keepOnClose(memory);
       const file = findPicked(name);
       if (file === undefined) {
-        throw new Qcow2Error('IO_ERROR', `No such file: '${baseName(name)}' was not among the files chosen (pick it together with the image)`, { file: name });
+        throw new Qcow2Error('IO_ERROR', `No such file: '${baseName(name)}' was not among the files chosen (pick it together with the image)`, { file: name, missing: true });
       }
       if (!writable) return new BlobStorage(file, name);
       const copy = new MemoryStorage(new Uint8Array(await file.arrayBuffer()), { name });

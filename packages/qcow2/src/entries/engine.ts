@@ -6,7 +6,7 @@
  *
  * @packageDocumentation
  */
-export { Qcow2Error, isQcow2Error, type Qcow2ErrorCode, type Qcow2Structure } from '../errors.js';
+export { Qcow2Error, isQcow2Error, type Qcow2ErrorCode, type Qcow2ErrorOptions, type Qcow2Structure } from '../errors.js';
 export { readZeroPadded, type Storage, type StorageRegion } from '../io/storage.js';
 export * from '../io/permissions.js';
 export { layerPermissions, CREATE_PERMISSIONS, FORCE_SHARE_WRITABLE_MESSAGE, type ImageAccess, type LayerRole } from '../device/image-permissions.js';

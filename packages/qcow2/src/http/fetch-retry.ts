@@ -48,7 +48,7 @@ export async function fetchWithRetries<T>(url: string, range: string, policy: Fe
       }
       if (response.status === 404) {
         await response.body?.cancel();
-        throw new Qcow2Error('IO_ERROR', 'No such file or directory (HTTP 404)', { file: url });
+        throw new Qcow2Error('IO_ERROR', 'No such file or directory (HTTP 404)', { file: url, missing: true });
       }
       if (response.status !== 200 && response.status !== 206 && response.status !== 416) {
         await response.body?.cancel();

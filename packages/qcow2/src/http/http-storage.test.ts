@@ -61,7 +61,7 @@ describe('HttpStorage', () => {
     });
     await withServer({ failFirst: 100 }, async (server) => {
       const error = await qcow2Rejection(HttpStorage.open(`${server.url}file.bin`, { retries: 2, retryDelayMs: 10 }));
-      expect(error.code).toBe('IO_ERROR');
+      expect([error.code, error.missing]).toEqual(['IO_ERROR', false]);
       expect(error.message).toBe('HTTP 503 Service Unavailable (3 attempts)');
       expect(server.requests).toBe(3);
     });
@@ -83,7 +83,7 @@ describe('HttpStorage', () => {
     });
     await withServer({}, async (server) => {
       const error = await qcow2Rejection(HttpStorage.open(`${server.url}missing.bin`));
-      expect([error.code, error.file]).toEqual(['IO_ERROR', `${server.url}missing.bin`]);
+      expect([error.code, error.file, error.missing]).toEqual(['IO_ERROR', `${server.url}missing.bin`, true]);
     });
   });
 

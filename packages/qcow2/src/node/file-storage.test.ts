@@ -37,7 +37,7 @@ describe.each([
   });
 
   it('gives one typed error for a missing file and for a directory', async () => {
-    await expect(FileStorage.open(join(dir, 'missing'), { blocking })).rejects.toMatchObject({ code: 'IO_ERROR', message: expect.stringContaining('No such file or directory') });
-    await expect(FileStorage.open(dir, { blocking })).rejects.toMatchObject({ code: 'IO_ERROR', message: expect.stringContaining('Is a directory') });
+    await expect(FileStorage.open(join(dir, 'missing'), { blocking })).rejects.toMatchObject({ code: 'IO_ERROR', missing: true, message: expect.stringContaining('No such file or directory') });
+    await expect(FileStorage.open(dir, { blocking })).rejects.toMatchObject({ code: 'IO_ERROR', missing: false, message: expect.stringContaining('Is a directory') });
   });
 });

@@ -11,7 +11,7 @@ import { fileDataRegions } from './sparse-regions.js';
 function ioError(name: string, error: unknown): Qcow2Error {
   const e = error as NodeJS.ErrnoException;
   const reason = e.code === 'ENOENT' ? 'No such file or directory' : e.code === 'EACCES' ? 'Permission denied' : e.message;
-  return new Qcow2Error('IO_ERROR', reason, { file: name, cause: error });
+  return new Qcow2Error('IO_ERROR', reason, { file: name, cause: error, missing: e.code === 'ENOENT' });
 }
 
 let blockingByDefault = false;

@@ -156,7 +156,7 @@ async function describe(filename: string, identity: string, listed: boolean, hos
 }
 
 function isNotFound(error: unknown): boolean {
-  return error instanceof Qcow2Error && error.code === 'IO_ERROR' && /No such file|ENOENT/i.test(error.message);
+  return error instanceof Qcow2Error && error.missing;
 }
 
 /**

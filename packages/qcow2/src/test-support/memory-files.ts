@@ -14,7 +14,7 @@ export class MemoryFiles implements HostFiles {
 
   async open(name: string): Promise<MemoryStorage> {
     const storage = this.files.get(name);
-    if (storage === undefined) throw new Qcow2Error('IO_ERROR', 'No such file or directory', { file: name });
+    if (storage === undefined) throw new Qcow2Error('IO_ERROR', 'No such file or directory', { file: name, missing: true });
     // Hand out a view that shares the bytes but can be closed independently.
     return storage;
   }

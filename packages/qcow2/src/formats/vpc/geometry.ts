@@ -79,7 +79,7 @@ export function vhdSizeFor(requestedBytes: number, forceSize: boolean): VhdSize 
     for (let extra = 0; wanted > geometrySectors(geometry); extra++) geometry = geometryFor(wanted + extra);
   }
   const total = geometrySectors(geometry) === MAX_GEOMETRY_SECTORS ? sectors : geometrySectors(geometry);
-  if (total > VHD_MAX_SECTORS) throw new Qcow2Error('BAD_ARGUMENT', 'Disk size is too large, max size is 2040 GiB');
+  if (total > VHD_MAX_SECTORS) throw new Qcow2Error('SIZE_TOO_LARGE', 'Disk size is too large, max size is 2040 GiB');
   return { geometry, bytes: total * SECTOR };
 }
 
