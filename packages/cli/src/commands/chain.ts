@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { readdir, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Qcow2Error, buildChainTree, type ChainImage, type ChainTree, type HostFiles } from '@qcowkit/qcow2/engine';
-import { nodeHostFiles } from '@qcowkit/qcow2/node';
+import { fileIoError, nodeHostFiles } from '@qcowkit/qcow2/node';
 import { CommandError } from '../output/errors.js';
 import { sizeToStr } from '../output/human-size.js';
 import { parseOutputFormat } from '../output/output-format.js';
@@ -39,8 +39,7 @@ const regularFilesOnly: HostFiles = {
     try {
       info = await stat(name);
     } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      throw new Qcow2Error('IO_ERROR', code === 'ENOENT' ? 'No such file or directory' : (error as Error).message, { file: name, cause: error, missing: code === 'ENOENT' });
+      throw fileIoError(name, error);
     }
     if (!info.isFile()) throw new Qcow2Error('IO_ERROR', 'not a regular file', { file: name });
     return nodeHostFiles.open(name, { writable: false });

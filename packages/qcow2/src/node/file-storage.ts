@@ -8,7 +8,8 @@ import { beforeFileWrite } from './crash-point.js';
 import { ImageLock } from './image-locks.js';
 import { fileDataRegions } from './sparse-regions.js';
 
-function ioError(name: string, error: unknown): Qcow2Error {
+/** A failed file system call on `name` as the engine's IO_ERROR: qemu's words for the common errnos, `missing` for ENOENT. */
+export function fileIoError(name: string, error: unknown): Qcow2Error {
   const e = error as NodeJS.ErrnoException;
   const reason = e.code === 'ENOENT' ? 'No such file or directory' : e.code === 'EACCES' ? 'Permission denied' : e.message;
   return new Qcow2Error('IO_ERROR', reason, { file: name, cause: error, missing: e.code === 'ENOENT' });
@@ -82,7 +83,7 @@ export class FileStorage implements Storage {
         storage = new FileStorage(name, handle.fd, handle);
       }
     } catch (error) {
-      throw ioError(name, error);
+      throw fileIoError(name, error);
     }
     try {
       const stat = await storage.stat();
@@ -93,7 +94,7 @@ export class FileStorage implements Storage {
       if (options.create && size > 0) await storage.truncate(0);
     } catch (error) {
       await storage.close().catch(() => {});
-      throw error instanceof Qcow2Error ? error : ioError(name, error);
+      throw error instanceof Qcow2Error ? error : fileIoError(name, error);
     }
     return storage;
   }
@@ -126,7 +127,7 @@ export class FileStorage implements Storage {
         done += bytesRead;
       }
     } catch (error) {
-      throw ioError(this.name, error);
+      throw fileIoError(this.name, error);
     }
     return done;
   }
@@ -142,7 +143,7 @@ export class FileStorage implements Storage {
             : (await this.handle.write(buffer, done, buffer.length - done, offset + done)).bytesWritten;
       }
     } catch (error) {
-      throw ioError(this.name, error);
+      throw fileIoError(this.name, error);
     }
   }
 
@@ -170,7 +171,7 @@ export class FileStorage implements Storage {
       const regions = fileDataRegions(this.descriptor, offset, length, await this.size());
       if (regions !== undefined) return regions;
     } catch (error) {
-      throw ioError(this.name, error);
+      throw fileIoError(this.name, error);
     }
     return [{ offset, length, hole: false }];
   }

@@ -11,7 +11,7 @@ import { openImage, type OpenImageOptions } from '../device/open-image.js';
 import { nodeCodecs } from './node-codecs.js';
 import { nodeHostFiles } from './node-host-files.js';
 
-export { FileStorage, useBlockingFileIo, type FileOpenOptions } from './file-storage.js';
+export { FileStorage, fileIoError, useBlockingFileIo, type FileOpenOptions } from './file-storage.js';
 export { ImageLock, lockingSupport, LOCK_PERM_BASE, LOCK_SHARED_BASE } from './image-locks.js';
 export { nativeAddon, nativeStatus, type NativeAddon, type NativeStatus, type NativeSource, type OfdLockType } from './native-addon.js';
 export { copyFileRange, copyFileRangeSync, isCopyFallback, kernelCopySupported } from './copy-file-range.js';
